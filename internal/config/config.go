@@ -87,7 +87,7 @@ type Handler struct {
 	Network     string            `yaml:"network"`
 	User        string            `yaml:"user"`
 	Concurrency int               `yaml:"concurrency"`
-	Queue       int               `yaml:"queue"`
+	Queue       int               `yaml:"queue"` // 0 = default (20); -1 = no queue
 	Unsafe      bool              `yaml:"unsafe"`
 }
 
@@ -256,8 +256,11 @@ func (h *Handler) applyDefaults() {
 	if h.Concurrency == 0 {
 		h.Concurrency = DefaultConcurrency
 	}
-	if h.Queue == 0 {
+	switch {
+	case h.Queue == 0:
 		h.Queue = DefaultQueue
+	case h.Queue < 0: // "queue: -1": no queue, busy as soon as every slot runs
+		h.Queue = 0
 	}
 }
 

@@ -34,7 +34,10 @@ type Options struct {
 	// ManualAck: the message handler calls Message.Ack() itself once the message
 	// is safely held (QoS 1 is acknowledged only then).
 	ManualAck bool
-	Logger    *slog.Logger
+	// Default handles messages that match no subscription made by this process,
+	// such as those a persistent session delivers right after it connects.
+	Default mqtt.MessageHandler
+	Logger  *slog.Logger
 }
 
 // ErrConnect is returned when the first connection cannot be made in time.
@@ -76,6 +79,9 @@ func New(o Options) mqtt.Client {
 				o.OnConnect(c)
 			}
 		})
+	if o.Default != nil {
+		co.SetDefaultPublishHandler(o.Default)
+	}
 	if o.Will != nil {
 		co.SetBinaryWill(o.Will.Topic, o.Will.Payload, 1, o.Will.Retained)
 	}

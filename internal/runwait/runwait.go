@@ -58,7 +58,8 @@ func (w *Waiter) Subscribe(c mqtt.Client) mqtt.Token {
 	return c.SubscribeMultiple(Filters, w.Handle)
 }
 
-// Register starts waiting for id. Call Done (or Cancel) when finished.
+// Register starts waiting for id. Call Cancel when finished, also after Done is
+// closed: it is what forgets the id.
 func (w *Waiter) Register(id string) *Wait {
 	x := &Wait{id: id, updates: make(chan record.Record, 4), done: make(chan struct{}), w: w}
 	w.mu.Lock()
@@ -104,9 +105,17 @@ func (x *Wait) onRecord(r record.Record) {
 	if x.closed {
 		return
 	}
-	select {
-	case x.updates <- r:
-	default:
+	// Newest wins: when the reader is behind, drop the oldest update, not this one.
+	for sent := false; !sent; {
+		select {
+		case x.updates <- r:
+			sent = true
+		default:
+			select {
+			case <-x.updates:
+			default:
+			}
+		}
 	}
 	if !record.Final(r.State) {
 		return

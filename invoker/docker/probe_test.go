@@ -1,0 +1,3 @@
+package docker
+import "testing"
+func TestProbe(t *testing.T){ rtForTest(t) }
