@@ -124,23 +124,18 @@ func New(o Options) (*Broker, error) {
 		SysTopicResendInterval: sysInterval,
 	})
 
-	hooks := []struct {
+	type hook struct {
 		h   mqtt.Hook
 		cfg any
-	}{
-		{&authHook{}, nil},
-		{&triggerHook{b: b}, nil},
-		{&limitsHook{b: b}, nil},
 	}
+	// Auth first: a later users/ACL hook replaces authHook here.
+	hooks := []hook{{&authHook{}, nil}, {&triggerHook{b: b}, nil}, {&limitsHook{b: b}, nil}}
 	if o.DataDir != "" {
 		h, cfg, err := b.boltHook()
 		if err != nil {
 			return nil, err
 		}
-		hooks = append(hooks, struct {
-			h   mqtt.Hook
-			cfg any
-		}{h, cfg})
+		hooks = append(hooks, hook{h, cfg})
 	}
 	for _, h := range hooks {
 		if err := b.srv.AddHook(h.h, h.cfg); err != nil {
@@ -168,7 +163,7 @@ func (b *Broker) boltHook() (mqtt.Hook, any, error) {
 	if fi, err := os.Stat(dir); err != nil || !fi.IsDir() {
 		return nil, nil, fmt.Errorf("%w %s: not a directory (set broker.data_dir in onebox.yaml to a directory)", ErrDataDir, dir)
 	}
-	return &bolt.Hook{}, &bolt.Options{
+	return &boltStore{Hook: &bolt.Hook{}}, &bolt.Options{
 		Path:    filepath.Join(dir, DataFile),
 		Options: &bbolt.Options{Timeout: 500 * time.Millisecond},
 	}, nil
@@ -241,7 +236,11 @@ func (b *Broker) Close() error {
 	}
 	b.closed = true
 	err := b.srv.Close()
-	b.log.Debug("broker stopped", "addr", b.opts.Listen)
+	addr := b.opts.Listen
+	if b.listener != nil {
+		addr = b.listener.Address()
+	}
+	b.log.Debug("broker stopped", "addr", addr)
 	return err
 }
 

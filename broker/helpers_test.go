@@ -56,7 +56,11 @@ func startBroker(t *testing.T, o Options, level slog.Level) (*Broker, *syncBuffe
 	t.Cleanup(func() {
 		_ = b.Close()
 		if t.Failed() {
-			t.Logf("broker log:\n%s", clip(logs.String()))
+			l := logs.String()
+			if len(l) > 20000 {
+				l = "…" + l[len(l)-20000:]
+			}
+			t.Logf("broker log:\n%s", l)
 		}
 	})
 	return b, logs
@@ -143,7 +147,12 @@ func subscribe(t *testing.T, c paho.Client, filter string, qos byte) byte {
 	if !tok.WaitTimeout(5*time.Second) || tok.Error() != nil {
 		t.Fatalf("subscribe %s: %v", filter, tok.Error())
 	}
-	return tok.(*paho.SubscribeToken).Result()[filter]
+	// paho keys the result by the filter without a $share/<group>/ prefix.
+	for _, code := range tok.(*paho.SubscribeToken).Result() {
+		return code
+	}
+	t.Fatalf("subscribe %s: no result", filter)
+	return 0
 }
 
 func publish(t *testing.T, c paho.Client, topic string, payload string, retained bool) {

@@ -11,8 +11,12 @@ import (
 // limitsHook reports what the size limit did. The limit itself is mochi's
 // Capabilities.MaximumPacketSize: Client.ReadFixedHeader compares the remaining
 // length from the fixed header with it and fails before the body is read, so an
-// oversized packet is never buffered; the connection is closed. (mochi does not
-// advertise the limit in CONNACK, so MQTT 5 clients learn of it only then.)
+// oversized packet is never buffered; the connection is closed, without a
+// DISCONNECT even for MQTT 5. mochi compares remaining length + 1 with the limit,
+// not counting the 1-4 bytes of the length itself, so a packet may exceed the
+// limit by up to 4 bytes. mochi does not advertise the limit in CONNACK (its
+// property encoder has no Maximum Packet Size), so MQTT 5 clients learn of it
+// only by being cut off.
 type limitsHook struct {
 	mqtt.HookBase
 	b *Broker
@@ -21,7 +25,7 @@ type limitsHook struct {
 func (h *limitsHook) ID() string { return "onebox-limits" }
 
 func (h *limitsHook) Provides(b byte) bool {
-	return bytes.Contains([]byte{mqtt.OnDisconnect, mqtt.OnPublishDropped, mqtt.OnQosDropped}, []byte{b})
+	return bytes.Contains([]byte{mqtt.OnDisconnect, mqtt.OnPublishDropped}, []byte{b})
 }
 
 func (h *limitsHook) OnDisconnect(cl *mqtt.Client, err error, expire bool) {
@@ -36,8 +40,4 @@ func (h *limitsHook) OnDisconnect(cl *mqtt.Client, err error, expire bool) {
 func (h *limitsHook) OnPublishDropped(cl *mqtt.Client, pk packets.Packet) {
 	h.b.log.Warn("client too slow: message dropped",
 		"client", cl.ID, "remote", cl.Net.Remote, "topic", clip(pk.TopicName), "pending_max", writesPending)
-}
-
-func (h *limitsHook) OnQosDropped(cl *mqtt.Client, pk packets.Packet) {
-	h.b.log.Debug("queued message expired or dropped", "client", cl.ID, "packet_id", pk.PacketID)
 }

@@ -8,6 +8,7 @@ import (
 	"net"
 	"syscall"
 
+	"github.com/mochi-mqtt/server/v2/hooks/storage/bolt"
 	"github.com/mochi-mqtt/server/v2/packets"
 )
 
@@ -17,6 +18,8 @@ import (
 //     take-over, keepalive) or hit the size limit (limitsHook logs that), which
 //     becomes Debug: it is ordinary per-connection noise (so is the line for a
 //     will refused by triggerHook, which logs it itself);
+//   - bolt's "failed to get data" for a record not there yet (a fresh file has
+//     no $SYS record), which becomes Debug;
 //   - hooks.OnPublish's "publish packet error" for a refusal of ours, which is
 //     dropped: triggerHook logs it with the reason, and mochi's line dumps the
 //     whole packet, payload included.
@@ -87,7 +90,13 @@ func (m *mochiLogs) noise(r slog.Record) bool {
 		find(a)
 		return true
 	})
-	return r.Message == "" && err != nil && (connectionEnded(err) || errors.Is(err, errWillRefused))
+	switch {
+	case r.Message == "failed to get data" && errors.Is(err, bolt.ErrKeyNotFound):
+		return true // a fresh data file has no $SYS record yet
+	case r.Message == "" && err != nil:
+		return connectionEnded(err) || errors.Is(err, errWillRefused)
+	}
+	return false
 }
 
 // connectionEnded reports errors that only say a client went away.

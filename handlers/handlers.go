@@ -200,7 +200,7 @@ type Built struct {
 	Name     string   // handler name (or "busybox")
 	Ref      string   // onebox/hello:latest
 	ID       string   // image ID: sha256 of its config
-	Size     int64    // bytes of its layers, uncompressed (what `docker images` shows)
+	Size     int64    // bytes of its layer tars, uncompressed (a few kB over what `docker images` shows)
 	Platform Platform // what it was built for
 }
 

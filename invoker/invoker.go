@@ -100,7 +100,7 @@ type Invoker struct {
 // Stats are counters for tests, logs and metrics.
 type Stats struct {
 	Received, Started, Finished, Rejected, Duplicates, Retained, Invalid uint64
-	MaxRunning                                                          int
+	MaxRunning                                                           int
 }
 
 // ErrClosed is returned by Handle after Shutdown began.
@@ -465,7 +465,8 @@ func (iv *Invoker) run(j *job, name string, h config.Handler) {
 	r.Truncated = res.Truncated
 	r.Stderr = string(res.Stderr)
 	switch {
-	case res.TimedOut && iv.runCtx.Err() != nil:
+	case iv.runCtx.Err() != nil && (res.TimedOut || res.ExitCode != 0):
+		// Stopped because onebox is shutting down.
 		r.State, r.Reason = record.Failed, record.ReasonShutdown
 	case res.TimedOut:
 		r.State = record.Timeout

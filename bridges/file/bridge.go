@@ -284,8 +284,7 @@ func (b *Bridge) addFolder(dir, h, base string) error {
 	return nil
 }
 
-// scanInbox watches every handler subfolder of the inbox not watched yet and
-// reports whether it added any.
+// scanInbox watches every handler subfolder of the inbox not watched yet.
 func (b *Bridge) scanInbox() {
 	if b.inbox == "" {
 		return
@@ -385,12 +384,12 @@ func (b *Bridge) rescan(why string) {
 	b.log.Debug("rescanning folders", "why", why)
 	b.scanInbox()
 	b.mu.Lock()
-	fs := make([]*folder, 0, len(b.folders))
+	list := make([]*folder, 0, len(b.folders))
 	for _, f := range b.folders {
-		fs = append(fs, f)
+		list = append(list, f)
 	}
 	b.mu.Unlock()
-	for _, f := range fs {
+	for _, f := range list {
 		b.rescanFolder(f)
 	}
 }
@@ -505,7 +504,7 @@ func (b *Bridge) take(f *folder, name string) {
 	limit := b.payloadLimit(f.handler)
 	tooLarge := fi.Size() > limit
 	if !tooLarge && !b.client.IsConnectionOpen() {
-		log.Info("broker unreachable; the file stays until the bridge reconnects")
+		log.Debug("broker unreachable; the file stays until the bridge reconnects")
 		return
 	}
 	id := IDPrefix + topics.NewID()

@@ -151,7 +151,8 @@ type Bridge struct {
 	runs   *runStore
 	client mqtt.Client
 
-	readTimeout time.Duration // derived from MaxBody; tests may lower it before Start
+	readTimeout  time.Duration // derived from MaxBody; tests may lower it before Start
+	writeTimeout time.Duration // for all but run requests, which set their own
 
 	mu         sync.Mutex
 	handlers   state.Handlers
@@ -218,6 +219,7 @@ func New(o Options) (*Bridge, error) {
 		ctx:         ctx,
 		cancel:      cancel,
 	}
+	b.writeTimeout = b.readTimeout + 15*time.Second
 	b.metrics.codes = map[int]uint64{}
 	return b, nil
 }
@@ -226,6 +228,9 @@ func New(o Options) (*Bridge, error) {
 // does not fail when the broker is down (it answers 503 until it is connected, and
 // reconnects by itself). When ctx ends, the bridge is closed.
 func (b *Bridge) Start(ctx context.Context) error {
+	if b.ln != nil {
+		return errors.New("httpbridge: already started")
+	}
 	ln, err := net.Listen("tcp", b.o.Listen)
 	if err != nil {
 		return fmt.Errorf("httpbridge: listen on %s: %w", b.o.Listen, err)
@@ -246,7 +251,7 @@ func (b *Bridge) Start(ctx context.Context) error {
 		ReadHeaderTimeout: 10 * time.Second,
 		ReadTimeout:       b.readTimeout,
 		// Run requests move their own write deadline past their wait.
-		WriteTimeout:   b.readTimeout + 15*time.Second,
+		WriteTimeout:   b.writeTimeout,
 		IdleTimeout:    120 * time.Second,
 		MaxHeaderBytes: maxHeaderBytes,
 		ErrorLog:       slog.NewLogLogger(b.log.Handler(), slog.LevelDebug),

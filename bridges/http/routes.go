@@ -112,12 +112,10 @@ func (b *Bridge) run(w http.ResponseWriter, r *http.Request, handler string) {
 		return
 	}
 	wait := b.waitFor(handler)
-	// The wait may outlast the server's timeouts: move this request's deadlines past
-	// it (an expired read deadline would cancel r.Context() as if the client left).
-	rc := http.NewResponseController(w)
-	deadline := time.Now().Add(wait + publishWait + 5*time.Second)
-	_ = rc.SetWriteDeadline(deadline)
-	_ = rc.SetReadDeadline(deadline)
+	// The wait may outlast the server's WriteTimeout: move this request's write
+	// deadline past it. (The read deadline is cleared by net/http once the body is
+	// read, when it starts watching for the client to go away.)
+	_ = http.NewResponseController(w).SetWriteDeadline(time.Now().Add(wait + publishWait + 5*time.Second))
 
 	// Register before publishing, so that no fast answer is missed.
 	var x *runwait.Wait

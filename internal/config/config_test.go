@@ -155,3 +155,13 @@ func FuzzParse(f *testing.F) {
 		}
 	})
 }
+
+func TestExampleConfigParses(t *testing.T) {
+	o, err := Load("../../deploy/onebox.example.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(o.Handlers) != 5 || len(o.Cron) != 1 || o.Handlers["echo"].Memory != 32<<20 {
+		t.Fatalf("example config read as %+v", o)
+	}
+}

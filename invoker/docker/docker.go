@@ -23,6 +23,7 @@ import (
 	"strings"
 	"sync"
 	"syscall"
+	"time"
 
 	cerrdefs "github.com/containerd/errdefs"
 	ctypes "github.com/docker/docker/api/types/container"
@@ -38,7 +39,7 @@ const (
 	DefaultTmpfsBytes    int64 = 16 << 20
 	DefaultStderrTailCap       = 4 << 10
 	DefaultStdoutCap     int64 = 1 << 20
-	DefaultGrace               = 2e9 // 2 s, as a time.Duration
+	DefaultGrace               = 2 * time.Second
 	DefaultMemoryBytes   int64 = 128 << 20
 )
 

@@ -1,0 +1,47 @@
+package main
+
+import (
+	"github.com/spf13/cobra"
+
+	"github.com/onebox-dev/onebox/broker"
+	"github.com/onebox-dev/onebox/internal/config"
+)
+
+func brokerFlags(c *cobra.Command) {
+	c.Flags().String("broker-listen", config.DefaultBrokerListen, "MQTT TCP listen address (env ONEBOX_BROKER_LISTEN)")
+	c.Flags().String("data-dir", config.DefaultDataDir, "folder for the broker's persistent sessions and queued messages (env ONEBOX_DATA_DIR)")
+}
+
+func startBroker(o *config.Options) (*broker.Broker, error) {
+	b, err := broker.New(broker.Options{Listen: o.Broker.Listen, MaxPacket: int64(o.Broker.MaxPacket), DataDir: o.Broker.DataDir, Logger: logger()})
+	if err != nil {
+		return nil, err
+	}
+	if err := b.Start(); err != nil {
+		b.Close()
+		return nil, err
+	}
+	return b, nil
+}
+
+func brokerCmd() *cobra.Command {
+	c := &cobra.Command{
+		Use:   "broker",
+		Short: "Run only the embedded MQTT broker",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			o, err := loadOptions(cmd)
+			if err != nil {
+				return err
+			}
+			b, err := startBroker(o)
+			if err != nil {
+				return err
+			}
+			<-cmd.Context().Done()
+			return b.Close()
+		},
+	}
+	brokerFlags(c)
+	return c
+}

@@ -1,0 +1,150 @@
+// Command onebox is one binary for every part of onebox: `up` runs the embedded
+// default (broker, invoker and bridges in one process, still talking MQTT to each
+// other); `broker`, `invoker` and `bridge http|file|cron` run one part each;
+// `invoke`, `handlers` and `version` are client verbs.
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"os/signal"
+	"strings"
+	"syscall"
+
+	"github.com/spf13/cobra"
+
+	"github.com/onebox-dev/onebox/internal/config"
+)
+
+// globals are the flags every subcommand shares.
+type globals struct {
+	configPath string
+	logLevel   string
+	brokerURL  string
+	username   string
+	password   string
+}
+
+var g globals
+
+func main() {
+	root := &cobra.Command{
+		Use:   "onebox",
+		Short: "One trigger = one container run: a small serverless box over MQTT",
+		Long: `onebox turns a Linux box or Raspberry Pi with Docker (or Podman) into a small
+serverless platform. A message on trigger/<handler> runs one fresh container of the
+handler's image with the payload on stdin; its stdout is published on result/<id>
+and its run record on status/<id>.
+
+Start everything with the embedded defaults:  onebox up`,
+		SilenceUsage:  true,
+		SilenceErrors: true,
+	}
+	pf := root.PersistentFlags()
+	pf.StringVarP(&g.configPath, "config", "c", "", "config file (default: ./onebox.yaml if present, else the embedded default; env ONEBOX_CONFIG)")
+	pf.StringVar(&g.logLevel, "log-level", "info", "log level: debug, info, warn, error (env ONEBOX_LOG_LEVEL)")
+	pf.StringVar(&g.brokerURL, "broker-url", "", "MQTT broker the parts connect to, e.g. tcp://pi.local:1883 (env ONEBOX_BROKER_URL)")
+	pf.StringVar(&g.username, "username", "", "MQTT user name (env ONEBOX_USERNAME)")
+	pf.StringVar(&g.password, "password", "", "MQTT password (env ONEBOX_PASSWORD)")
+
+	root.AddCommand(upCmd(), brokerCmd(), invokerCmd(), bridgeCmd(), invokeCmd(), handlersCmd(), versionCmd(), benchCmd())
+
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	err := root.ExecuteContext(ctx)
+	var ec exitCode
+	if errors.As(err, &ec) {
+		os.Exit(int(ec))
+	}
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "onebox:", err)
+		os.Exit(1)
+	}
+}
+
+// exitCode is returned by a command that wants a specific exit status.
+type exitCode int
+
+func (e exitCode) Error() string { return fmt.Sprintf("exit status %d", int(e)) }
+
+// logger builds the process logger: text on stderr, quiet by default.
+func logger() *slog.Logger {
+	lv := g.logLevel
+	if v := os.Getenv("ONEBOX_LOG_LEVEL"); v != "" && lv == "info" {
+		lv = v
+	}
+	var level slog.Level
+	if err := level.UnmarshalText([]byte(lv)); err != nil {
+		level = slog.LevelInfo
+	}
+	l := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level}))
+	slog.SetDefault(l)
+	return l
+}
+
+// loadOptions reads the config: --config, else $ONEBOX_CONFIG, else ./onebox.yaml
+// if it exists, else the embedded default. Environment and flags apply on top.
+func loadOptions(cmd *cobra.Command) (*config.Options, error) {
+	path := g.configPath
+	explicit := path != ""
+	if !explicit {
+		if p := os.Getenv("ONEBOX_CONFIG"); p != "" {
+			path, explicit = p, true
+		} else {
+			path = "onebox.yaml"
+		}
+	}
+	var o *config.Options
+	if _, err := os.Stat(path); err == nil {
+		o, err = config.Load(path)
+		if err != nil {
+			return nil, err
+		}
+	} else if explicit {
+		return nil, fmt.Errorf("config file %s: %w (omit --config to run the embedded default)", path, err)
+	} else {
+		o = config.Default()
+	}
+	urlSet := o.BrokerURL != config.URLFor(o.Broker.Listen)
+	o.Env(os.Getenv)
+	if v := os.Getenv("ONEBOX_USERNAME"); v != "" && g.username == "" {
+		g.username = v
+	}
+	if v := os.Getenv("ONEBOX_PASSWORD"); v != "" && g.password == "" {
+		g.password = v
+	}
+	if os.Getenv("ONEBOX_BROKER_URL") != "" {
+		urlSet = true
+	}
+	fl := cmd.Flags()
+	str := func(name string, dst *string) {
+		if f := fl.Lookup(name); f != nil && f.Changed {
+			*dst = f.Value.String()
+		}
+	}
+	str("broker-listen", &o.Broker.Listen)
+	str("data-dir", &o.Broker.DataDir)
+	str("http-listen", &o.HTTP.Listen)
+	str("inbox", &o.File.Inbox)
+	str("name", &o.Invoker.Name)
+	str("share-group", &o.Invoker.ShareGroup)
+	if g.brokerURL != "" {
+		o.BrokerURL, urlSet = g.brokerURL, true
+	}
+	if !urlSet {
+		o.BrokerURL = config.URLFor(o.Broker.Listen)
+	}
+	if err := o.Validate(); err != nil {
+		return nil, err
+	}
+	return o, nil
+}
+
+// listenOff reports whether a listen address means "do not listen".
+func listenOff(a string) bool {
+	a = strings.TrimSpace(strings.ToLower(a))
+	return a == "off" || a == "none" || a == "-"
+}

@@ -1,0 +1,114 @@
+package main
+
+import (
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"sort"
+	"strings"
+
+	"github.com/spf13/cobra"
+
+	"github.com/onebox-dev/onebox/internal/config"
+)
+
+func upCmd() *cobra.Command {
+	var noBuild bool
+	c := &cobra.Command{
+		Use:   "up",
+		Short: "Run everything in one process: broker, invoker, HTTP, file and cron bridges",
+		Long: `up runs the embedded default: the MQTT broker, the invoker and the three bridges
+in one process. The parts still talk to each other over MQTT only, exactly as
+they do when each runs on its own. With no onebox.yaml it serves the demo
+handlers (hello, goodbye, echo, inbox-ls, shell), building their images first
+if the engine lacks them. The config file is watched: edit a handler's image and
+the next trigger runs the new one.`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			o, err := loadOptions(cmd)
+			if err != nil {
+				return err
+			}
+			log := logger()
+			ctx := cmd.Context()
+			rt, err := newRuntime(log)
+			if err != nil {
+				return err
+			}
+			if _, err := rt.Info(ctx); err != nil {
+				return fmt.Errorf("%w: onebox runs handlers in containers; start Docker (or Podman's socket with --runtime) and check that `docker info` answers", err)
+			}
+			if !noBuild {
+				if err := ensureDemoImages(ctx, rt, o, os.Stderr, log); err != nil {
+					return err
+				}
+			}
+			b, err := startBroker(o)
+			if err != nil {
+				return err
+			}
+			defer b.Close()
+			o.BrokerURL = b.URL()
+
+			inv, err := startInvoker(ctx, o)
+			if err != nil {
+				return err
+			}
+			br, err := startBridges(ctx, o, bridgeSet{http: !listenOff(o.HTTP.Listen), file: !listenOff(o.File.Inbox), cron: true})
+			if err != nil {
+				stopInvoker(inv)
+				return err
+			}
+			if o.Path != "" {
+				config.Watch(ctx, o.Path, log, func(n *config.Options) { inv.Reload(n.Handlers) })
+			}
+			banner(os.Stderr, o, b.Addr(), br)
+			<-ctx.Done()
+			fmt.Fprintln(os.Stderr, "onebox: shutting down…")
+			br.close()
+			stopInvoker(inv)
+			return nil
+		},
+	}
+	brokerFlags(c)
+	invokerFlags(c)
+	bridgeFlags(c)
+	c.Flags().BoolVar(&noBuild, "no-build", false, "do not build missing demo handler images")
+	return c
+}
+
+func banner(w io.Writer, o *config.Options, brokerAddr string, br *bridges) {
+	names := make([]string, 0, len(o.Handlers))
+	for n := range o.Handlers {
+		names = append(names, n)
+	}
+	sort.Strings(names)
+	src := "embedded default"
+	if o.Path != "" {
+		src = o.Path + " (watched)"
+	}
+	host, port := "localhost", brokerAddr[strings.LastIndex(brokerAddr, ":")+1:]
+	pflag := ""
+	if port != "1883" {
+		pflag = " -p " + port
+	}
+	fmt.Fprintf(w, "\nonebox is up (%s): MQTT on %s, handlers: %s\n", src, brokerAddr, strings.Join(names, ", "))
+	fmt.Fprintf(w, "  watch:    mosquitto_sub -h %s%s -v -t 'result/#' -t 'status/#'\n", host, pflag)
+	fmt.Fprintf(w, "  trigger:  mosquitto_pub -h %s%s -t trigger/hello -m hi\n", host, pflag)
+	fmt.Fprintf(w, "  invoke:   onebox invoke echo 'hello there'\n")
+	if br != nil && br.httpAddr != "" {
+		fmt.Fprintf(w, "  http:     curl http://localhost:%s/run/hello\n", br.httpAddr[strings.LastIndex(br.httpAddr, ":")+1:])
+	}
+	if br != nil && br.inbox != "" {
+		rel := br.inbox
+		if wd, err := os.Getwd(); err == nil {
+			if r, err := filepath.Rel(wd, br.inbox); err == nil && !strings.HasPrefix(r, "..") {
+				rel = r
+			}
+		}
+		fmt.Fprintf(w, "  file:     cp README.md %s/echo/   (the result lands in %s)\n", rel, filepath.Join(filepath.Dir(rel), "done", "echo"))
+	}
+	fmt.Fprintln(w, "  stop:     Ctrl-C")
+	fmt.Fprintln(w)
+}

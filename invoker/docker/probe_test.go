@@ -1,3 +1,0 @@
-package docker
-import "testing"
-func TestProbe(t *testing.T){ rtForTest(t) }
