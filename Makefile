@@ -1,0 +1,32 @@
+# onebox: build, cross-build for the Pi, handler tars, armv7 tests under qemu.
+#   make build          ./onebox for this machine
+#   make cross          dist/onebox-linux-{armv7,arm64,amd64}, static and stripped
+#   make handlers-tars  dist/handlers-linux-{armv7,arm64,amd64}.tar (docker load / podman load)
+#   make test-arm       armv7 unit tests and the armv7 broker under qemu-arm-static
+#   make test           the README's test command (needs Docker)
+VERSION ?= $(shell git describe --always --dirty 2>/dev/null || echo dev)
+GO      ?= go
+LDFLAGS := -s -w -X main.version=$(VERSION)
+
+.PHONY: build cross handlers-tars test-arm test clean
+
+build:
+	CGO_ENABLED=0 $(GO) build -trimpath -ldflags "$(LDFLAGS)" -o onebox ./cmd/onebox
+
+cross:
+	VERSION=$(VERSION) scripts/cross.sh
+
+handlers-tars: build
+	mkdir -p dist
+	./onebox handlers build --platform linux/arm/v7 -o dist/handlers-linux-armv7.tar
+	./onebox handlers build --platform linux/arm64 -o dist/handlers-linux-arm64.tar
+	./onebox handlers build --platform linux/amd64 -o dist/handlers-linux-amd64.tar
+
+test-arm:
+	scripts/test-arm.sh
+
+test:
+	$(GO) test -count=1 -timeout 40m ./...
+
+clean:
+	rm -rf dist onebox
