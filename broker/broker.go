@@ -12,16 +12,15 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net"
 	"os"
 	"path/filepath"
 	"sync"
 	"sync/atomic"
-	"syscall"
 	"time"
 
 	mqtt "github.com/mochi-mqtt/server/v2"
 	"github.com/mochi-mqtt/server/v2/hooks/storage/bolt"
-	"github.com/mochi-mqtt/server/v2/listeners"
 	"go.etcd.io/bbolt"
 
 	"github.com/onebox-dev/onebox/internal/config"
@@ -78,18 +77,30 @@ type Options struct {
 	MaxPacket int64        // bytes, default 1 MiB; enforced from the fixed header, before the payload is buffered
 	DataDir   string       // bolt persistence file lives here (DataDir/broker.db); "" = in memory
 	Logger    *slog.Logger // nil = slog.Default(); mochi's own logs pass at Warn and above
+
+	// Users, by user name (auth.go). With no user holding a PasswordHash the
+	// broker is open: clients without a known user name connect anonymously.
+	Users     map[string]User
+	Sys       bool        // let clients read $SYS (anonymous ones in open mode, users with a $SYS/# rule)
+	TLS       *TLSOptions // optional MQTT over TLS listener (listen.go)
+	WebSocket string      // optional MQTT over WebSocket listen address, e.g. ":9001"
 }
 
 // Broker is a running (or ready to run) embedded MQTT broker.
 type Broker struct {
-	opts     Options
-	log      *slog.Logger
-	srv      *mqtt.Server
-	invalid  atomic.Uint64 // trigger publishes refused or dropped
-	mu       sync.Mutex
-	listener *listeners.TCP
-	started  bool
-	closed   bool
+	opts        Options
+	log         *slog.Logger
+	srv         *mqtt.Server
+	invalid     atomic.Uint64 // trigger publishes refused or dropped
+	dupes       *dupes        // QoS 1 trigger resends (dupes.go)
+	slowDropped atomic.Uint64 // messages dropped for clients too slow to read (limits.go)
+	mu          sync.Mutex
+	listener    net.Listener // TCP; with tlsLn and wsLn: the bound addresses
+	tlsLn       net.Listener
+	wsLn        net.Listener
+	auth        *authHook
+	started     bool
+	closed      bool
 }
 
 // New builds a broker and, with a DataDir, opens its bolt file. It does not listen
@@ -117,7 +128,7 @@ func New(o Options) (*Broker, error) {
 	caps.MaximumSessionExpiryInterval = sessionExpiry
 	caps.MaximumMessageExpiryInterval = messageExpiry
 
-	b := &Broker{opts: o, log: log}
+	b := &Broker{opts: o, log: log, dupes: newDupes()}
 	b.srv = mqtt.New(&mqtt.Options{
 		Capabilities:           caps,
 		Logger:                 slog.New(&mochiLogs{next: log.Handler()}),
@@ -128,8 +139,10 @@ func New(o Options) (*Broker, error) {
 		h   mqtt.Hook
 		cfg any
 	}
-	// Auth first: a later users/ACL hook replaces authHook here.
-	hooks := []hook{{&authHook{}, nil}, {&triggerHook{b: b}, nil}, {&limitsHook{b: b}, nil}}
+	// Auth first: it must be the only hook providing OnConnectAuthenticate and
+	// OnACLCheck, and its OnConnect must run before triggerHook's.
+	b.auth = newAuthHook(b, o.Users, o.Sys)
+	hooks := []hook{{b.auth, nil}, {&protocolHook{b: b}, nil}, {&triggerHook{b: b}, nil}, {&limitsHook{b: b}, nil}}
 	if o.DataDir != "" {
 		h, cfg, err := b.boltHook()
 		if err != nil {
@@ -180,21 +193,26 @@ func (b *Broker) Start() error {
 	if b.started {
 		return ErrStarted
 	}
-	l := listeners.NewTCP(listeners.Config{ID: listenerID, Address: b.opts.Listen})
-	if err := b.srv.AddListener(l); err != nil {
-		if errors.Is(err, syscall.EADDRINUSE) {
-			return fmt.Errorf("%w: %s (is another MQTT broker such as mosquitto running?): set another address with broker.listen in onebox.yaml or --broker-listen",
-				ErrAddrInUse, b.opts.Listen)
-		}
-		return fmt.Errorf("%w on %q: %v: set broker.listen in onebox.yaml or --broker-listen to host:port, e.g. :1883",
-			ErrListen, b.opts.Listen, err)
+	if err := b.listenAll(); err != nil {
+		return err
 	}
-	b.listener = l
 	if err := b.srv.Serve(); err != nil {
 		return fmt.Errorf("broker: starting: %w", err)
 	}
 	b.started = true
-	attrs := []any{"addr", l.Address(), "max_packet", b.opts.MaxPacket}
+	attrs := []any{"addr", b.listener.Addr().String()}
+	if b.tlsLn != nil {
+		attrs = append(attrs, "tls", b.tlsLn.Addr().String())
+	}
+	if b.wsLn != nil {
+		attrs = append(attrs, "websocket", b.wsLn.Addr().String())
+	}
+	attrs = append(attrs, "max_packet", b.opts.MaxPacket)
+	if b.auth.open {
+		attrs = append(attrs, "auth", "open")
+	} else {
+		attrs = append(attrs, "auth", "users", "users", len(b.opts.Users))
+	}
 	if b.opts.DataDir != "" {
 		attrs = append(attrs, "data", filepath.Join(b.opts.DataDir, DataFile))
 	} else {
@@ -210,7 +228,7 @@ func (b *Broker) Addr() string {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	if b.listener != nil {
-		return b.listener.Address()
+		return b.listener.Addr().String()
 	}
 	return b.opts.Listen
 }
@@ -226,6 +244,12 @@ func (b *Broker) InvalidTriggers() uint64 {
 	return b.invalid.Load()
 }
 
+// SlowDropped counts the messages dropped because a client's queue was full
+// (a client that reads too slowly or not at all).
+func (b *Broker) SlowDropped() uint64 {
+	return b.slowDropped.Load()
+}
+
 // Close disconnects every client, stops listening and closes the data file. It
 // is safe to call more than once.
 func (b *Broker) Close() error {
@@ -238,7 +262,7 @@ func (b *Broker) Close() error {
 	err := b.srv.Close()
 	addr := b.opts.Listen
 	if b.listener != nil {
-		addr = b.listener.Address()
+		addr = b.listener.Addr().String()
 	}
 	b.log.Debug("broker stopped", "addr", addr)
 	return err

@@ -42,6 +42,11 @@ func (h *triggerHook) OnPublish(cl *mqtt.Client, pk packets.Packet) (packets.Pac
 	}
 	_, _, err := topics.ParseTrigger(pk.TopicName)
 	if err == nil {
+		if h.b.dupes.resent(cl, pk) {
+			h.b.log.Info("resent trigger dropped: the same QoS 1 publish (packet id, DUP set) was already taken",
+				"topic", clip(pk.TopicName), "client", cl.ID, "packet_id", pk.PacketID)
+			return pk, packets.CodeSuccessIgnore
+		}
 		return pk, nil
 	}
 	refuse := cl.Properties.ProtocolVersion == 5 && pk.FixedHeader.Qos == 1

@@ -47,6 +47,8 @@ type Options struct {
 	EngineWait  time.Duration // how long a trigger waits for an unreachable engine
 	Logger      *slog.Logger
 	Now         func() time.Time
+	// Observer, when set, sees every run record as it is published (metrics).
+	Observer func(record.Record)
 }
 
 // Trigger is one message taken from trigger/<handler>[/<id>].
@@ -282,6 +284,9 @@ func (iv *Invoker) reject(j *job, reason, msg string) {
 }
 
 func (iv *Invoker) publishRecord(r record.Record) {
+	if iv.o.Observer != nil {
+		iv.o.Observer(r)
+	}
 	if err := iv.pub.Publish(topics.Status(r.ID), r.Marshal(), false); err != nil {
 		iv.log.Warn("cannot publish a run record", "id", r.ID, "state", r.State, "err", err)
 	}

@@ -327,7 +327,7 @@ func (b *Bridge) inboxEntry(name string, isDir bool) bool {
 		b.log.Error("cannot watch handler folder", "path", dir, "err", err)
 		return false
 	}
-	b.log.Info("watching handler folder", "path", dir, "handler", name)
+	b.log.Debug("watching handler folder", "path", dir, "handler", name)
 	return true
 }
 
@@ -668,7 +668,7 @@ func (b *Bridge) finish(j *job, rec record.Record, out []byte, hasOut bool) {
 	if err := os.RemoveAll(j.dir); err != nil {
 		log.Warn("cannot remove processing entry", "path", j.dir, "err", err)
 	}
-	level := slog.LevelInfo
+	level := slog.LevelDebug
 	if where == "failed" {
 		level = slog.LevelWarn
 	}

@@ -329,8 +329,8 @@ type curlResult struct {
 	code   int
 	header http.Header
 	body   []byte
-	exit   int // curl's exit code (28: timed out)
-	took   time.Duration
+	exit   int           // curl's exit code (28: timed out)
+	took   time.Duration // curl's time_total
 }
 
 // curl runs the real curl with args and the URL last.
@@ -338,20 +338,24 @@ func curl(t *testing.T, url string, args ...string) curlResult {
 	t.Helper()
 	dir := t.TempDir()
 	bodyF, hdrF := filepath.Join(dir, "body"), filepath.Join(dir, "headers")
-	all := append([]string{"-sS", "--path-as-is", "-o", bodyF, "-D", hdrF, "-w", "%{http_code}"}, args...)
+	all := append([]string{"-sS", "--path-as-is", "-o", bodyF, "-D", hdrF, "-w", "%{http_code} %{time_total}"}, args...)
 	all = append(all, url)
 	cmd := exec.Command("curl", all...)
 	var out, errb bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &out, &errb
-	start := time.Now()
 	err := cmd.Run()
-	r := curlResult{took: time.Since(start), header: http.Header{}}
+	r := curlResult{header: http.Header{}}
 	if ee, ok := err.(*exec.ExitError); ok {
 		r.exit = ee.ExitCode()
 	} else if err != nil {
 		t.Fatalf("curl: %v", err)
 	}
-	r.code, _ = strconv.Atoi(strings.TrimSpace(out.String()))
+	// took is curl's own time_total: the answer's latency, not curl's start-up.
+	code, secs, _ := strings.Cut(strings.TrimSpace(out.String()), " ")
+	r.code, _ = strconv.Atoi(code)
+	if f, err := strconv.ParseFloat(secs, 64); err == nil {
+		r.took = time.Duration(f * float64(time.Second))
+	}
 	r.body, _ = os.ReadFile(bodyF)
 	hb, _ := os.ReadFile(hdrF)
 	for _, line := range strings.Split(string(hb), "\n") {

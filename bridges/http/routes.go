@@ -159,7 +159,7 @@ func (b *Bridge) run(w http.ResponseWriter, r *http.Request, handler string) {
 	case <-x.Done():
 		a := x.Answer()
 		code := respond(w, id, a)
-		b.log.Info("run answered", "id", id, "handler", handler, "state", a.Record.State, "reason", a.Record.Reason, "code", code)
+		b.log.Debug("run answered", "id", id, "handler", handler, "state", a.Record.State, "reason", a.Record.Reason, "code", code)
 	case <-t.C:
 		b.runs.keepResult(id)
 		if e, ok := b.runs.get(id); ok {

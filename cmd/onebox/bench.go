@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -75,6 +76,30 @@ then starts ` + "`onebox up`" + ` on free ports and reports its resident memory 
 			}
 			defer stopInvoker(inv)
 
+			hcfg := *o
+			hcfg.HTTP.Listen = "127.0.0.1:0"
+			br, err := startBridges(ctx, &hcfg, bridgeSet{http: true})
+			if err != nil {
+				return err
+			}
+			defer br.close()
+			var viaHTTP []time.Duration
+			for i := 0; i < runs+2; i++ {
+				t0 := time.Now()
+				resp, err := http.Get("http://" + br.httpAddr + "/run/" + handler)
+				if err != nil {
+					return err
+				}
+				io.Copy(io.Discard, resp.Body)
+				resp.Body.Close()
+				if resp.StatusCode != 200 {
+					return fmt.Errorf("bench: GET /run/%s answered %s", handler, resp.Status)
+				}
+				if i >= 2 {
+					viaHTTP = append(viaHTTP, time.Since(t0))
+				}
+			}
+
 			var onebox, dockerRun, startMs []time.Duration
 			for i := 0; i < runs+2; i++ { // two warm-up runs
 				t0 := time.Now()
@@ -104,6 +129,7 @@ then starts ` + "`onebox up`" + ` on free ports and reports its resident memory 
 			mo, md := pct(onebox, 50), pct(dockerRun, 50)
 			fmt.Fprintf(out, "handler=%s image=%s runs=%d\n", handler, image, runs)
 			fmt.Fprintf(out, "onebox trigger→result  median=%s p95=%s  (cold start create→running median=%s)\n", ms(mo), ms(pct(onebox, 95)), ms(pct(startMs, 50)))
+			fmt.Fprintf(out, "HTTP GET /run/%s      median=%s p95=%s  (the HTTP bridge adds %s to the median)\n", handler, ms(pct(viaHTTP, 50)), ms(pct(viaHTTP, 95)), ms(pct(viaHTTP, 50)-mo))
 			fmt.Fprintf(out, "docker run --rm -i     median=%s p95=%s\n", ms(md), ms(pct(dockerRun, 95)))
 			fmt.Fprintf(out, "ratio onebox/docker-run median=%.2f p95=%.2f\n", float64(mo)/float64(md), float64(pct(onebox, 95))/float64(pct(dockerRun, 95)))
 			if !skipRSS {

@@ -5,12 +5,14 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"time"
 
 	"github.com/spf13/cobra"
 
 	cronbridge "github.com/onebox-dev/onebox/bridges/cron"
 	filebridge "github.com/onebox-dev/onebox/bridges/file"
 	httpbridge "github.com/onebox-dev/onebox/bridges/http"
+	"github.com/onebox-dev/onebox/internal/acl"
 	"github.com/onebox-dev/onebox/internal/config"
 )
 
@@ -43,7 +45,8 @@ func startBridges(ctx context.Context, o *config.Options, set bridgeSet) (*bridg
 	}
 	if set.http {
 		ho := httpbridge.FromConfig(o)
-		ho.Username, ho.Password, ho.Logger = g.username, g.password, log
+		ho.Logger = log
+		ho.Username, ho.Password = credsFor(acl.HTTP)
 		hb, err := httpbridge.New(ho)
 		if err != nil {
 			return fail(err)
@@ -53,6 +56,10 @@ func startBridges(ctx context.Context, o *config.Options, set bridgeSet) (*bridg
 		}
 		out.closers = append(out.closers, hb.Close)
 		out.httpAddr = hb.Addr()
+		// Be ready (connected, an invoker seen) before saying so, for a while.
+		if err := hb.WaitReady(5 * time.Second); err != nil {
+			log.Warn("HTTP bridge not ready yet; it answers 503 until it is", "why", err)
+		}
 	}
 	if set.file {
 		inbox, _ := filepath.Abs(o.File.Inbox)
@@ -62,7 +69,8 @@ func startBridges(ctx context.Context, o *config.Options, set bridgeSet) (*bridg
 				return fail(fmt.Errorf("inbox folder: %w (set --inbox or file.inbox)", err))
 			}
 		}
-		fb, err := filebridge.New(filebridge.Options{Inbox: inbox, Folders: o.File.Folders, BrokerURL: o.BrokerURL, Username: g.username, Password: g.password, MaxPayload: int64(o.Broker.MaxPacket), Logger: log})
+		user, pass := credsFor(acl.File)
+		fb, err := filebridge.New(filebridge.Options{Inbox: inbox, Folders: o.File.Folders, BrokerURL: o.BrokerURL, Username: user, Password: pass, MaxPayload: int64(o.Broker.MaxPacket), Logger: log})
 		if err != nil {
 			return fail(err)
 		}
@@ -73,7 +81,8 @@ func startBridges(ctx context.Context, o *config.Options, set bridgeSet) (*bridg
 		out.inbox = inbox
 	}
 	if set.cron && len(o.Cron) > 0 {
-		cb, err := cronbridge.New(cronbridge.Options{Entries: o.Cron, BrokerURL: o.BrokerURL, Username: g.username, Password: g.password, Logger: log})
+		user, pass := credsFor(acl.Cron)
+		cb, err := cronbridge.New(cronbridge.Options{Entries: o.Cron, BrokerURL: o.BrokerURL, Username: user, Password: pass, Logger: log})
 		if err != nil {
 			return fail(err)
 		}

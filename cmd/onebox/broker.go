@@ -13,7 +13,15 @@ func brokerFlags(c *cobra.Command) {
 }
 
 func startBroker(o *config.Options) (*broker.Broker, error) {
-	b, err := broker.New(broker.Options{Listen: o.Broker.Listen, MaxPacket: int64(o.Broker.MaxPacket), DataDir: o.Broker.DataDir, Logger: logger()})
+	bo := broker.Options{Listen: o.Broker.Listen, MaxPacket: int64(o.Broker.MaxPacket), DataDir: o.Broker.DataDir, Logger: logger(),
+		Users: brokerUsers(o), Sys: o.Broker.Sys}
+	if t := o.Broker.TLS; t != nil {
+		bo.TLS = &broker.TLSOptions{Listen: t.Listen, CertFile: t.Cert, KeyFile: t.Key}
+	}
+	if w := o.Broker.WebSocket; w != nil {
+		bo.WebSocket = w.Listen
+	}
+	b, err := broker.New(bo)
 	if err != nil {
 		return nil, err
 	}
@@ -21,6 +29,8 @@ func startBroker(o *config.Options) (*broker.Broker, error) {
 		b.Close()
 		return nil, err
 	}
+	curBroker.Store(b)
+	warnIfOpen(b)
 	return b, nil
 }
 
@@ -43,5 +53,6 @@ func brokerCmd() *cobra.Command {
 		},
 	}
 	brokerFlags(c)
+	metricsFlags(c)
 	return c
 }

@@ -6,6 +6,7 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"github.com/onebox-dev/onebox/internal/acl"
 	"github.com/onebox-dev/onebox/internal/config"
 	"github.com/onebox-dev/onebox/invoker"
 )
@@ -27,14 +28,16 @@ func startInvoker(ctx context.Context, o *config.Options) (*invoker.Service, err
 	if err != nil {
 		return nil, err
 	}
+	user, pass := credsFor(acl.Invoker)
 	s, err := invoker.Start(ctx, invoker.Options{
 		Name: o.Invoker.Name, Runtime: rt, Concurrency: o.Invoker.Concurrency,
 		StdoutCap: int64(o.Invoker.StdoutCap), Grace: o.Invoker.Grace.D(),
-		DedupeCount: o.Invoker.DedupeCount, DedupeAge: o.Invoker.DedupeAge.D(), Logger: log,
-	}, invoker.MQTTOptions{URL: o.BrokerURL, Username: g.username, Password: g.password, ShareGroup: o.Invoker.ShareGroup}, o.Handlers)
+		DedupeCount: o.Invoker.DedupeCount, DedupeAge: o.Invoker.DedupeAge.D(), Logger: log, Observer: invMetrics.Observe,
+	}, invoker.MQTTOptions{URL: o.BrokerURL, Username: user, Password: pass, ShareGroup: o.Invoker.ShareGroup}, o.Handlers)
 	if err != nil {
 		return nil, err
 	}
+	invMetrics.Attach(s.Invoker)
 	return s, nil
 }
 
@@ -70,5 +73,6 @@ func invokerCmd() *cobra.Command {
 		},
 	}
 	invokerFlags(c)
+	metricsFlags(c)
 	return c
 }

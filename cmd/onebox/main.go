@@ -50,7 +50,7 @@ Start everything with the embedded defaults:  onebox up`,
 	pf.StringVar(&g.username, "username", "", "MQTT user name (env ONEBOX_USERNAME)")
 	pf.StringVar(&g.password, "password", "", "MQTT password (env ONEBOX_PASSWORD)")
 
-	root.AddCommand(upCmd(), brokerCmd(), invokerCmd(), bridgeCmd(), invokeCmd(), handlersCmd(), versionCmd(), benchCmd())
+	root.AddCommand(upCmd(), brokerCmd(), invokerCmd(), bridgeCmd(), invokeCmd(), handlersCmd(), versionCmd(), benchCmd(), passwdCmd())
 
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()

@@ -74,6 +74,7 @@ the next trigger runs the new one.`,
 	brokerFlags(c)
 	invokerFlags(c)
 	bridgeFlags(c)
+	metricsFlags(c)
 	c.Flags().BoolVar(&noBuild, "no-build", false, "do not build missing demo handler images")
 	return c
 }

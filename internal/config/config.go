@@ -96,6 +96,10 @@ type Broker struct {
 	Listen    string `yaml:"listen"`     // TCP address, default :1883
 	MaxPacket Size   `yaml:"max_packet"` // default 1 MiB
 	DataDir   string `yaml:"data_dir"`   // bolt persistence lives here; "" keeps state in memory
+
+	TLS       *TLS       `yaml:"tls"`       // optional MQTT over TLS listener (security.go)
+	WebSocket *WebSocket `yaml:"websocket"` // optional MQTT over WebSocket listener
+	Sys       bool       `yaml:"sys"`       // serve $SYS statistics to clients allowed to read them
 }
 
 // Invoker configures the invoker.
@@ -139,6 +143,7 @@ type Options struct {
 	File      File                `yaml:"file"`
 	Cron      []CronEntry         `yaml:"cron"`
 	Handlers  map[string]*Handler `yaml:"handlers"`
+	Users     map[string]*User    `yaml:"users"` // MQTT users (security.go); none = anyone may connect
 
 	// Path is the file these options were read from ("" for the embedded default).
 	Path string `yaml:"-"`
@@ -369,6 +374,7 @@ func (o *Options) resolvePaths(dir string) {
 			}
 		}
 	}
+	o.resolveSecurityPaths(abs)
 	folders := map[string]string{}
 	for f, h := range o.File.Folders {
 		folders[abs(f)] = h
@@ -405,6 +411,9 @@ func (o *Options) Validate() error {
 	}
 	if o.Invoker.ShareGroup != "" && strings.ContainsAny(o.Invoker.ShareGroup, "/+#") {
 		return fmt.Errorf("%w: invoker.share_group %q may not contain / + or #", ErrConfig, o.Invoker.ShareGroup)
+	}
+	if err := o.validateSecurity(); err != nil {
+		return err
 	}
 	for f, h := range o.File.Folders {
 		if !topics.ValidHandler(h) {
