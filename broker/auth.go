@@ -180,6 +180,9 @@ func (h *authHook) passwordOK(name string, u User, pw []byte) bool {
 
 func (h *authHook) refuse(cl *mqtt.Client, user string, code packets.Code, err error, why string) error {
 	h.denied("connection refused", cl, user, "reason", why)
+	if code == packets.ErrNotAuthorized && cl.Properties.ProtocolVersion < 5 {
+		code = packets.Err3NotAuthorized // mochi does not map 0x87 for 3.1.1
+	}
 	_ = h.b.srv.SendConnack(cl, code, false, nil)
 	return err
 }

@@ -85,9 +85,15 @@ func needMosquitto(t *testing.T) {
 // comes) fails the test.
 func mosq(t *testing.T, b *Broker, bin string, args ...string) (string, int) {
 	t.Helper()
+	return mosqAt(t, port(b), bin, args...)
+}
+
+// mosqAt is mosq against another port of the broker (TLS).
+func mosqAt(t *testing.T, port, bin string, args ...string) (string, int) {
+	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
 	defer cancel()
-	cmd := exec.CommandContext(ctx, bin, append([]string{"-h", "127.0.0.1", "-p", port(b), "-i", "t-" + bin[10:] + "-" + shortID()}, args...)...)
+	cmd := exec.CommandContext(ctx, bin, append([]string{"-h", "127.0.0.1", "-p", port, "-i", "t-" + bin[10:] + "-" + shortID()}, args...)...)
 	out, err := cmd.CombinedOutput()
 	if ctx.Err() != nil {
 		t.Fatalf("%s %s: hung for 15s (no ack?); output %q", bin, clip(strings.Join(args, " ")), out)

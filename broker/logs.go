@@ -53,24 +53,35 @@ func (m *mochiLogs) Handle(ctx context.Context, r slog.Record) error {
 	}
 	out := slog.NewRecord(r.Time, level, "mqtt: "+msg, r.PC)
 	r.Attrs(func(a slog.Attr) bool {
-		out.AddAttrs(a)
+		if a.Key != "pk" && a.Key != "packet" { // whole packets, payloads included, stay out of the log
+			out.AddAttrs(a)
+		}
 		return true
 	})
 	return m.next.Handle(ctx, out)
 }
 
-// ours reports mochi's Error line for a refusal that triggerHook made and logged.
+// ours reports mochi's Error line for a refusal that triggerHook made and logged,
+// and its Warn line (with the whole packet, payload included) for a publish that
+// authHook denied and logged.
 func (m *mochiLogs) ours(r slog.Record) bool {
-	if r.Message != "publish packet error" {
-		return false
-	}
 	found := false
-	r.Attrs(func(a slog.Attr) bool {
-		if a.Key == "hook" && a.Value.String() == (&triggerHook{}).ID() {
-			found = true
-		}
-		return !found
-	})
+	switch r.Message {
+	case "publish packet error":
+		r.Attrs(func(a slog.Attr) bool {
+			if a.Key == "hook" && a.Value.String() == (&triggerHook{}).ID() {
+				found = true
+			}
+			return !found
+		})
+	case "error processing packet":
+		r.Attrs(func(a slog.Attr) bool {
+			if e, ok := a.Value.Any().(error); ok && a.Key == "error" && errors.Is(e, packets.ErrNotAuthorized) {
+				found = true
+			}
+			return !found
+		})
+	}
 	return found
 }
 
@@ -94,7 +105,7 @@ func (m *mochiLogs) noise(r slog.Record) bool {
 	case r.Message == "failed to get data" && errors.Is(err, bolt.ErrKeyNotFound):
 		return true // a fresh data file has no $SYS record yet
 	case r.Message == "" && err != nil:
-		return connectionEnded(err) || errors.Is(err, errWillRefused)
+		return connectionEnded(err) || errors.Is(err, errWillRefused) || refusedByUs(err)
 	}
 	return false
 }
@@ -121,4 +132,16 @@ func (m *mochiLogs) WithAttrs(as []slog.Attr) slog.Handler {
 
 func (m *mochiLogs) WithGroup(name string) slog.Handler {
 	return &mochiLogs{next: m.next.WithGroup(name), attrs: m.attrs}
+}
+
+// refusedByUs reports the errors that end a connection authHook or protocolHook
+// refused: they logged it already, with the reason.
+func refusedByUs(err error) bool {
+	for _, e := range []error{errBadCredentials, errReservedID, errWillDenied, packets.ErrRejectPacket,
+		packets.ErrNotAuthorized, packets.ErrTopicNameInvalid} {
+		if errors.Is(err, e) {
+			return true
+		}
+	}
+	return false
 }

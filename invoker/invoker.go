@@ -399,7 +399,7 @@ func (iv *Invoker) spec(j *job, h config.Handler) container.Spec {
 		ID: j.ID, Handler: j.Handler, Instance: iv.o.Name, Image: h.Image, Cmd: h.Cmd,
 		Env: env, Stdin: j.Payload, Timeout: h.Timeout.D(), Grace: iv.o.Grace,
 		MemoryBytes: int64(h.Memory), NanoCPUs: int64(h.CPUs * 1e9), PidsLimit: h.Pids,
-		Network: h.Network, Mounts: mounts, User: h.User,
+		Network: h.Network, Mounts: mounts, User: h.User, Privileged: h.Privileged && h.Unsafe,
 		StdoutCap: iv.o.StdoutCap, StderrTailCap: iv.o.StderrTail,
 	}
 }

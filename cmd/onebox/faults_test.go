@@ -61,6 +61,7 @@ func (p *proc) start() {
 	p.cmd = exec.Command(bin, p.args...)
 	p.cmd.Dir = p.dir
 	p.cmd.Env = append(os.Environ(), p.env...)
+	p.cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL} // no orphan if the test dies
 	p.cmd.Stdout = io.Discard
 	stderr, _ := p.cmd.StderrPipe()
 	if err := p.cmd.Start(); err != nil {
@@ -297,6 +298,18 @@ func ids(prefix string, n int) []string {
 	return out
 }
 
+// waitFor polls cond until it holds or d has passed.
+func waitFor(d time.Duration, cond func() bool) bool {
+	deadline := time.Now().Add(d)
+	for !cond() {
+		if time.Now().After(deadline) {
+			return false
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	return true
+}
+
 // ---- harness: /proc ----
 
 // procStatus reads a field (in kB for memory fields) of /proc/<pid>/status.
@@ -476,9 +489,9 @@ func killCount(col *fcol, all []string) (accepted, runs, results, dups, lost, re
 }
 
 func TestFaultKillInvoker1000(t *testing.T) {
-	n := 1000
-	if testing.Short() {
-		n = 100
+	n := 300
+	if v, err := strconv.Atoi(os.Getenv("ONEBOX_FAULT_KILL_N")); err == nil && v > 0 {
+		n = v
 	}
 	s := startSplit(t, "  quick:\n    image: onebox/hello:latest\n    concurrency: 4\n    queue: 1000\n", "  concurrency: 4")
 	col := collectAll(t, s.url())
@@ -490,7 +503,26 @@ func TestFaultKillInvoker1000(t *testing.T) {
 	atKill := labelled(t, s.name)
 	doneAtKill := col.finalsOf(all)
 	s.invoker = s.startInvoker(t)
-	eventually(t, 10*time.Minute, "every run to end", func() bool { return col.succeededOf(all) == n })
+	if !waitFor(time.Duration(n)*time.Second+time.Minute, func() bool { return col.succeededOf(all) == n }) {
+		states := map[string]int{}
+		col.mu.Lock()
+		var missing []string
+		for _, id := range all {
+			st := col.ids[id]
+			if st == nil {
+				states["none"]++
+				missing = append(missing, id)
+				continue
+			}
+			states[st.last.State+"/"+st.last.Reason]++
+			if st.succeeded == 0 && len(missing) < 10 {
+				missing = append(missing, id)
+			}
+		}
+		col.mu.Unlock()
+		l := s.invoker.logs()
+		t.Fatalf("not every run ended: %v; e.g. %v\ninvoker log tail:\n%s", states, missing, l[max(0, len(l)-4000):])
+	}
 	time.Sleep(2 * time.Second) // late duplicates, if any
 	accepted, runs, results, dups, lost, redelivered := killCount(col, all)
 	leftover := labelled(t, s.name)

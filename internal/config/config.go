@@ -87,8 +87,9 @@ type Handler struct {
 	Network     string            `yaml:"network"`
 	User        string            `yaml:"user"`
 	Concurrency int               `yaml:"concurrency"`
-	Queue       int               `yaml:"queue"` // 0 = default (20); -1 = no queue
-	Unsafe      bool              `yaml:"unsafe"`
+	Queue       int               `yaml:"queue"`      // 0 = default (20); -1 = no queue
+	Privileged  bool              `yaml:"privileged"` // needs unsafe: true
+	Unsafe      bool              `yaml:"unsafe"`     // allow what gives a handler the host
 }
 
 // Broker configures the embedded broker.
@@ -115,8 +116,9 @@ type Invoker struct {
 
 // HTTP configures the HTTP bridge.
 type HTTP struct {
-	Listen         string `yaml:"listen"`          // default :8080
-	DefaultHandler string `yaml:"default_handler"` // GET /run runs this, default hello
+	Listen         string   `yaml:"listen"`          // default :8080
+	DefaultHandler string   `yaml:"default_handler"` // GET /run runs this, default hello
+	Tokens         []string `yaml:"tokens"`          // bearer tokens; none = open
 }
 
 // File configures the file bridge.
@@ -415,6 +417,16 @@ func (o *Options) Validate() error {
 	if err := o.validateSecurity(); err != nil {
 		return err
 	}
+	for i, t := range o.HTTP.Tokens {
+		if len(t) < 16 || strings.ContainsAny(t, " \t\r\n") {
+			return fmt.Errorf("%w: http.tokens[%d]: use at least 16 characters without spaces, e.g. from `openssl rand -hex 24`", ErrConfig, i)
+		}
+	}
+	for i, t := range o.HTTP.Tokens {
+		if len(t) < 16 || strings.ContainsAny(t, " \t\r\n") {
+			return fmt.Errorf("%w: http.tokens[%d]: use at least 16 characters without spaces, e.g. from `openssl rand -hex 24`", ErrConfig, i)
+		}
+	}
 	for f, h := range o.File.Folders {
 		if !topics.ValidHandler(h) {
 			return fmt.Errorf("%w: file.folders %q: handler %q: %v", ErrConfig, f, h, topics.ErrBadHandler)
@@ -462,7 +474,45 @@ func (h *Handler) Validate() error {
 			return err
 		}
 	}
+	if !h.Unsafe {
+		if why := h.UnsafeReason(); why != "" {
+			return fmt.Errorf("%s: that gives the handler control of the host; remove it, or set unsafe: true on this handler if you mean it", why)
+		}
+	}
 	return nil
+}
+
+// hostControl are host paths whose mount gives a container the host: the engine
+// sockets and the folders that hold them, and the host's root.
+var hostControl = []string{"/", "/var/run", "/run", "/var/run/docker.sock", "/run/docker.sock",
+	"/run/podman", "/run/podman/podman.sock", "/var/run/podman", "/var/run/podman/podman.sock",
+	"/run/containerd", "/var/lib/docker", "/proc", "/sys", "/dev", "/boot", "/etc"}
+
+// UnsafeReason says what in h gives a handler control of the host ("" for none):
+// privileged, the host's network, or a mount of the engine's socket or the host's root.
+func (h *Handler) UnsafeReason() string {
+	if h.Privileged {
+		return "privileged: true"
+	}
+	if h.Network == "host" {
+		return "network: host"
+	}
+	for _, m := range h.Mounts {
+		ms, err := ParseMount(m)
+		if err != nil {
+			continue
+		}
+		src := filepath.Clean(ms.Source)
+		if strings.HasSuffix(src, ".sock") {
+			return fmt.Sprintf("mount %q exposes a socket (an engine socket gives root on the host)", m)
+		}
+		for _, p := range hostControl {
+			if src == p {
+				return fmt.Sprintf("mount %q exposes the host's %s", m, p)
+			}
+		}
+	}
+	return ""
 }
 
 // MountSpec is a parsed mount.

@@ -165,3 +165,27 @@ func TestExampleConfigParses(t *testing.T) {
 		t.Fatalf("example config read as %+v", o)
 	}
 }
+
+func TestUnsafeSettingsNeedUnsafe(t *testing.T) {
+	for _, h := range []string{
+		"mounts: [\"/var/run/docker.sock:/var/run/docker.sock\"]",
+		"mounts: [\"/run/podman/podman.sock:/s\"]",
+		"mounts: [\"/:/host:ro\"]",
+		"mounts: [\"/var/run/:/r\"]",
+		"mounts: [\"/etc:/e:ro\"]",
+		"privileged: true",
+		"network: host",
+	} {
+		y := "handlers:\n  h:\n    image: x\n    " + h + "\n"
+		_, err := Parse([]byte(y))
+		if err == nil || !strings.Contains(err.Error(), "unsafe: true") || !strings.Contains(err.Error(), `handler "h"`) {
+			t.Errorf("%s: err = %v", h, err)
+		}
+		if _, err := Parse([]byte(y + "    unsafe: true\n")); err != nil {
+			t.Errorf("%s with unsafe: true: %v", h, err)
+		}
+	}
+	if _, err := Parse([]byte("handlers:\n  h:\n    image: x\n    mounts: [\"/srv/inbox:/inbox\"]\n")); err != nil {
+		t.Errorf("an ordinary mount was refused: %v", err)
+	}
+}

@@ -55,6 +55,7 @@ type Spec struct {
 	User          string // "" = image default
 	WritableRoot  bool   // false = read-only root filesystem (the default)
 	KeepCaps      bool   // false = drop all capabilities (the default)
+	Privileged    bool   // only with the handler's explicit unsafe: true
 	StdoutCap     int64  // keep at most this many bytes of stdout, drain the rest
 	StderrTailCap int    // keep the last this many bytes of stderr
 	Labels        map[string]string

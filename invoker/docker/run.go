@@ -319,9 +319,10 @@ func buildConfig(spec container.Spec, imageID string, eng *engineInfo) (*ctypes.
 		LogConfig:      ctypes.LogConfig{Type: "none"},
 		AutoRemove:     false, // removed explicitly, after the exit has been inspected
 	}
-	if !spec.KeepCaps {
+	if !spec.KeepCaps && !spec.Privileged {
 		hostCfg.CapDrop = []string{"ALL"}
 	}
+	hostCfg.Privileged = spec.Privileged
 	for _, m := range spec.Mounts {
 		hostCfg.Mounts = append(hostCfg.Mounts, mount.Mount{
 			Type: mount.TypeBind, Source: m.Source, Target: m.Target, ReadOnly: m.ReadOnly,
