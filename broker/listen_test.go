@@ -75,7 +75,7 @@ func TestTLSAndWebSocket(t *testing.T) {
 	dir := t.TempDir()
 	ca, cert, key := testCA(t, dir, "good")
 	otherCA, _, _ := testCA(t, dir, "other")
-	b, _ := startBroker(t, Options{
+	b, logs := startBroker(t, Options{
 		Users:     testUsers(t),
 		TLS:       &TLSOptions{Listen: "127.0.0.1:0", CertFile: cert, KeyFile: key},
 		WebSocket: "127.0.0.1:0",
@@ -148,6 +148,9 @@ func TestTLSAndWebSocket(t *testing.T) {
 		t.Errorf("wrong password over WebSocket connected")
 	}
 
+	if l := logs.String(); strings.Contains(l, "alice-pw") || !strings.Contains(l, "tls=127.0.0.1:") || !strings.Contains(l, "websocket=127.0.0.1:") {
+		t.Errorf("start line lacks the listeners, or a password reached the log:\n%s", l)
+	}
 	got := collectUntilEnd(t, b, wch)
 	want := []string{"trigger/hello/tls311=via tls", "trigger/hello/tls5=via tls", "trigger/hello/ws=via ws"}
 	if strings.Join(got, ",") != strings.Join(want, ",") {

@@ -44,7 +44,8 @@ GOARCH=arm GOARM=7 CGO_ENABLED=0 go test -count=1 -timeout 20m -exec "$QEMU" ${S
 
 echo "== armv7 binary"
 bin=dist/onebox-linux-armv7
-if [ ! -x "$bin" ] || [ -n "${REBUILD:-}" ]; then
+# Rebuilt each time (Go's cache makes that quick) unless NO_BUILD=1.
+if [ ! -x "$bin" ] || [ "${NO_BUILD:-}" != 1 ]; then
   scripts/cross.sh linux/arm/7
 fi
 "$QEMU" "$bin" version
@@ -58,13 +59,15 @@ cleanup() {
 }
 trap cleanup EXIT
 
-# wait_log FILE REGEX: wait up to 60 s for a line, print the first match.
+# wait_log FILE REGEX PID: wait up to 60 s for a line while PID lives, print
+# the first match.
 wait_log() {
   for _ in $(seq 600); do
     if m=$(grep -m1 -oE "$2" "$1" 2>/dev/null); then
       echo "$m"
       return 0
     fi
+    kill -0 "$3" 2>/dev/null || break
     sleep 0.1
   done
   echo "test-arm: timed out waiting for /$2/ in $1:" >&2
@@ -75,8 +78,8 @@ wait_log() {
 "$QEMU" "$bin" broker --broker-listen 127.0.0.1:0 --data-dir "$tmp/data" \
   --metrics-listen 127.0.0.1:0 >"$tmp/broker.log" 2>&1 &
 pids+=($!)
-addr=$(wait_log "$tmp/broker.log" 'broker listening addr=[0-9.]+:[0-9]+' | sed 's/.*addr=//')
-murl=$(wait_log "$tmp/broker.log" 'url=http://[0-9.:]+/metrics' | sed 's/url=//')
+addr=$(wait_log "$tmp/broker.log" 'broker listening addr=[0-9.]+:[0-9]+' "$!" | sed 's/.*addr=//')
+murl=$(wait_log "$tmp/broker.log" 'url=http://[0-9.:]+/metrics' "${pids[-1]}" | sed 's/url=//')
 port=${addr##*:}
 echo "armv7 broker on $addr, metrics on $murl"
 
@@ -129,7 +132,7 @@ name="armtest-$$"
 "$QEMU" "$bin" invoker -c "$tmp/onebox.yaml" --broker-url "tcp://$addr" --name "$name" \
   --runtime "${DOCKER_HOST:-unix:///var/run/docker.sock}" >"$tmp/invoker.log" 2>&1 &
 pids+=($!)
-wait_log "$tmp/invoker.log" 'invoker ready.*' >/dev/null
+wait_log "$tmp/invoker.log" 'invoker ready.*' "$!" >/dev/null
 grep -m1 -o 'invoker ready.*' "$tmp/invoker.log"
 
 # mosquitto as the client: subscribe to result/<id>, then trigger.
