@@ -108,8 +108,14 @@ func (h *authHook) OnConnect(cl *mqtt.Client, pk packets.Packet) error {
 		}
 		return h.refuse(cl, name, packets.ErrBadUsernameOrPassword, errBadCredentials, why)
 	}
-	if part, reserved := acl.PartOfClientID(cl.ID); reserved {
+	part, reserved := acl.PartOfClientID(cl.ID)
+	if reserved {
 		if why := h.clientID(cl, u, known, part); why != "" {
+			return h.refuse(cl, name, packets.ErrClientIdentifierNotValid, errReservedID, why)
+		}
+	}
+	if !(reserved && known && u.Part == part) {
+		if why := h.sessionOwner(cl, name, pk.Connect.Clean); why != "" {
 			return h.refuse(cl, name, packets.ErrClientIdentifierNotValid, errReservedID, why)
 		}
 	}
@@ -139,6 +145,30 @@ func (h *authHook) clientID(cl *mqtt.Client, u User, known bool, part acl.Part) 
 	}
 	if old, ok := h.b.srv.Clients.Get(cl.ID); ok && !old.Closed() {
 		return "client id " + part.ClientIDPrefix() + "… is connected: onebox's parts are not taken over (pick another client id)"
+	}
+	return ""
+}
+
+// sessionOwner refuses a client id whose session belongs to another user name:
+// taking it over would knock that client off, or hand the newcomer the session's
+// queued messages (mochi resends them without an ACL check) and subscriptions. A
+// clean session may replace a disconnected one: nothing is handed over.
+func (h *authHook) sessionOwner(cl *mqtt.Client, name string, clean bool) string {
+	old, ok := h.b.srv.Clients.Get(cl.ID)
+	if !ok || string(old.Properties.Username) == name {
+		return ""
+	}
+	owner := string(old.Properties.Username)
+	if owner == "" {
+		owner = "an anonymous client"
+	} else {
+		owner = "user " + owner
+	}
+	if !old.Closed() {
+		return "client id in use by " + owner + " (pick another client id)"
+	}
+	if !clean {
+		return "client id has a stored session of " + owner + ": connect with a clean session once, or pick another client id"
 	}
 	return ""
 }

@@ -302,3 +302,41 @@ func TestSysOption(t *testing.T) {
 		}
 	}
 }
+
+// A user cannot take over another user's client id: neither knock a connected
+// client off nor inherit a stored session and its queued messages.
+func TestSessionOwner(t *testing.T) {
+	b, _ := startBroker(t, Options{Users: testUsers(t)}, slog.LevelInfo)
+	a, _ := mustDial(t, b, "shared-id", "alice", "alice-pw")
+	if _, _, err := dial(t, b.URL(), "shared-id", "admin", "admin-pw", nil); err == nil {
+		t.Errorf("admin took over alice's connected client id")
+	}
+	time.Sleep(100 * time.Millisecond)
+	if !a.IsConnectionOpen() {
+		t.Fatalf("alice was knocked off")
+	}
+	a2, _ := mustDial(t, b, "shared-id", "alice", "alice-pw") // alice herself may
+	a2.Disconnect(100)
+
+	// alice's persistent session, with a queued result.
+	c := paho.NewClient(paho.NewClientOptions().AddBroker(b.URL()).SetClientID("alice-persist").SetUsername("alice").SetPassword("alice-pw").
+		SetCleanSession(false).SetAutoReconnect(false))
+	if tok := c.Connect(); !tok.WaitTimeout(5*time.Second) || tok.Error() != nil {
+		t.Fatal(tok.Error())
+	}
+	subscribe(t, c, "result/+", 1)
+	c.Disconnect(100)
+	inv, _ := mustDial(t, b, "onebox-invoker-x", "inv", "inv-pw")
+	publish(t, inv, "result/secret", "for alice", false)
+
+	steal := paho.NewClient(paho.NewClientOptions().AddBroker(b.URL()).SetClientID("alice-persist").SetUsername("admin").SetPassword("admin-pw").
+		SetCleanSession(false).SetAutoReconnect(false))
+	if tok := steal.Connect(); tok.WaitTimeout(5*time.Second) && tok.Error() == nil {
+		t.Errorf("admin resumed alice's stored session")
+		steal.Disconnect(50)
+	}
+	// A clean session replaces it without handing anything over.
+	if _, _, err := dial(t, b.URL(), "alice-persist", "admin", "admin-pw", nil); err != nil {
+		t.Errorf("a clean session on a disconnected id: %v", err)
+	}
+}

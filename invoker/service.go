@@ -102,15 +102,23 @@ func Start(ctx context.Context, o Options, mo MQTTOptions, handlers map[string]*
 	})
 	pub.c = s.client
 	tok := s.client.Connect()
-	select {
-	case <-tok.Done():
-		if err := tok.Error(); err != nil {
+	tick := time.NewTicker(5 * time.Second)
+	defer tick.Stop()
+wait:
+	for {
+		select {
+		case <-tok.Done():
+			if err := tok.Error(); err != nil {
+				s.client.Disconnect(0)
+				return nil, fmt.Errorf("invoker: %w at %s: %v", mqttc.ErrConnect, mo.URL, err)
+			}
+			break wait
+		case <-tick.C:
+			log.Warn("waiting for the MQTT broker (is it running? `onebox broker` or `onebox up` starts one)", "broker", mo.URL)
+		case <-ctx.Done():
 			s.client.Disconnect(0)
-			return nil, fmt.Errorf("invoker: %w at %s: %v", mqttc.ErrConnect, mo.URL, err)
+			return nil, fmt.Errorf("invoker: %w at %s: %v (is the broker running? `onebox broker` or `onebox up` starts one)", mqttc.ErrConnect, mo.URL, ctx.Err())
 		}
-	case <-ctx.Done():
-		s.client.Disconnect(0)
-		return nil, fmt.Errorf("invoker: %w at %s: %v (is the broker running? `onebox broker` or `onebox up` starts one)", mqttc.ErrConnect, mo.URL, ctx.Err())
 	}
 	log.Info("invoker ready", "name", o.Name, "broker", mo.URL, "engine", st.Engine, "platform", info.OS+"/"+info.Architecture, "concurrency", s.Invoker.o.Concurrency)
 	return s, nil

@@ -78,7 +78,7 @@ wait_log() {
 "$QEMU" "$bin" broker --broker-listen 127.0.0.1:0 --data-dir "$tmp/data" \
   --metrics-listen 127.0.0.1:0 >"$tmp/broker.log" 2>&1 &
 pids+=($!)
-addr=$(wait_log "$tmp/broker.log" 'broker listening addr=[0-9.]+:[0-9]+' "$!" | sed 's/.*addr=//')
+addr=$(wait_log "$tmp/broker.log" 'broker listening" addr=[0-9.]+:[0-9]+' "$!" | sed 's/.*addr=//')
 murl=$(wait_log "$tmp/broker.log" 'url=http://[0-9.:]+/metrics' "${pids[-1]}" | sed 's/url=//')
 port=${addr##*:}
 echo "armv7 broker on $addr, metrics on $murl"

@@ -32,8 +32,6 @@ package cronbridge
 
 import (
 	"context"
-	"crypto/rand"
-	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -210,9 +208,7 @@ func New(o Options) (*Bridge, error) {
 		o.Clock = RealClock{}
 	}
 	if o.ClientID == "" {
-		var b [4]byte
-		_, _ = rand.Read(b[:])
-		o.ClientID = "onebox-cron-" + hex.EncodeToString(b[:])
+		o.ClientID = mqttc.ClientID("onebox-cron-")
 	}
 	if o.BrokerURL == "" {
 		return nil, errors.New("cron bridge: no broker URL")

@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/onebox-dev/onebox/internal/config"
+	"github.com/onebox-dev/onebox/internal/mqtttest"
 	"github.com/onebox-dev/onebox/internal/record"
 )
 
@@ -91,10 +92,10 @@ func (e *events) count(kind string) int {
 type cenv struct {
 	t     *testing.T
 	url   string
-	inv   *fakeInvoker
+	inv   *mqtttest.Invoker
 	clock *fakeClock
 	ev    *events
-	logs  *logBuf
+	logs  *mqtttest.LogBuf
 	b     *Bridge
 	gate  chan struct{}
 }
@@ -103,18 +104,18 @@ type cenv struct {
 // gate; nope: unknown handler) and a bridge on a fake clock.
 func newCenv(t *testing.T, start time.Time, entries ...config.CronEntry) *cenv {
 	t.Helper()
-	e := &cenv{t: t, clock: newFakeClock(start), ev: &events{}, logs: &logBuf{}, gate: make(chan struct{})}
-	e.url, _ = startBroker(t, "127.0.0.1:0")
-	e.inv = startInvoker(t, e.url, func(h string) behavior {
+	e := &cenv{t: t, clock: newFakeClock(start), ev: &events{}, logs: &mqtttest.LogBuf{}, gate: make(chan struct{})}
+	e.url, _ = mqtttest.StartBroker(t, "127.0.0.1:0")
+	e.inv = mqtttest.StartInvoker(t, e.url, func(h string) mqtttest.Behavior {
 		switch h {
 		case "gated":
-			return behavior{gate: e.gate}
+			return mqtttest.Behavior{Gate: e.gate}
 		case "nope":
-			return behavior{reject: record.ReasonUnknownHandler}
+			return mqtttest.Behavior{Reject: record.ReasonUnknownHandler}
 		}
-		return behavior{}
+		return mqtttest.Behavior{}
 	})
-	e.b = e.start(Options{Entries: entries, BrokerURL: e.url, Clock: e.clock, Logger: e.logs.logger(), OnEvent: e.ev.add, AnswerTimeout: 10 * time.Second})
+	e.b = e.start(Options{Entries: entries, BrokerURL: e.url, Clock: e.clock, Logger: e.logs.Logger(), OnEvent: e.ev.add, AnswerTimeout: 10 * time.Second})
 	return e
 }
 
@@ -128,8 +129,8 @@ func (e *cenv) start(o Options) *Bridge {
 		e.t.Fatal(err)
 	}
 	e.t.Cleanup(func() { _ = b.Close() })
-	waitFor(e.t, 5*time.Second, "cron bridge connected", func() bool { return b.client.IsConnectionOpen() })
-	waitFor(e.t, 5*time.Second, "loops waiting", func() bool { return e.clock.pending() == len(o.Entries) })
+	mqtttest.WaitFor(e.t, 5*time.Second, "cron bridge connected", func() bool { return b.client.IsConnectionOpen() })
+	mqtttest.WaitFor(e.t, 5*time.Second, "loops waiting", func() bool { return e.clock.pending() == len(o.Entries) })
 	return b
 }
 
@@ -138,9 +139,9 @@ func (e *cenv) start(o Options) *Bridge {
 func (e *cenv) step(d time.Duration, idle bool) {
 	e.t.Helper()
 	e.clock.Advance(d)
-	waitFor(e.t, 5*time.Second, "loops waiting again", func() bool { return e.clock.pending() == len(e.b.entries) })
+	mqtttest.WaitFor(e.t, 5*time.Second, "loops waiting again", func() bool { return e.clock.pending() == len(e.b.entries) })
 	if idle {
-		waitFor(e.t, 5*time.Second, "runs finished", e.b.idle)
+		mqtttest.WaitFor(e.t, 5*time.Second, "runs finished", e.b.idle)
 	}
 }
 
@@ -209,15 +210,15 @@ func TestFiveAndSixFieldsOnFakeClock(t *testing.T) {
 	for i := 0; i < 12; i++ { // two minutes in 10 s steps: 12 + 1 (at 12:02)
 		e.step(10*time.Second, true)
 	}
-	waitFor(t, 5*time.Second, "13 runs", func() bool { return len(e.inv.Runs()) >= 13 })
-	if six, five := e.inv.runsOf([]byte("six")), e.inv.runsOf([]byte("five")); six != 12 || five != 1 {
+	mqtttest.WaitFor(t, 5*time.Second, "13 runs", func() bool { return len(e.inv.Runs()) >= 13 })
+	if six, five := e.inv.RunsOf([]byte("six")), e.inv.RunsOf([]byte("five")); six != 12 || five != 1 {
 		t.Fatalf("6-field entry ran %d times (want 12), 5-field %d (want 1)", six, five)
 	}
 	if n := e.ev.count(EventFinished); n != 13 {
 		t.Fatalf("%d finished events, want 13", n)
 	}
 	for _, r := range e.inv.Runs() {
-		if !strings.HasPrefix(r.id, IDPrefix) || r.handler != "echo" {
+		if !strings.HasPrefix(r.ID, IDPrefix) || r.Handler != "echo" {
 			t.Fatalf("run %+v", r)
 		}
 	}
@@ -236,23 +237,23 @@ func TestCronTZOnFakeClock(t *testing.T) {
 		t.Fatalf("ran %d times before 09:00 Paris", n)
 	}
 	e.step(time.Minute, true) // 08:00 UTC = 09:00 CET
-	waitFor(t, 5*time.Second, "the 09:00 run", func() bool { return len(e.inv.Runs()) == 1 })
+	mqtttest.WaitFor(t, 5*time.Second, "the 09:00 run", func() bool { return len(e.inv.Runs()) == 1 })
 }
 
 func TestSkipOverlap(t *testing.T) {
 	e := newCenv(t, t0, config.CronEntry{Name: "long", Schedule: "@every 1m", Handler: "gated"})
 	e.step(time.Minute, false)
-	waitFor(t, 5*time.Second, "first run", func() bool { return len(e.inv.Runs()) == 1 })
+	mqtttest.WaitFor(t, 5*time.Second, "first run", func() bool { return len(e.inv.Runs()) == 1 })
 	e.step(time.Minute, false)
 	e.step(time.Minute, false)
 	if n, s := len(e.inv.Runs()), e.ev.count(EventSkipped); n != 1 || s != 2 {
 		t.Fatalf("a run spanning 3 ticks: %d triggers (want 1), %d skips (want 2)", n, s)
 	}
-	if n := e.logs.count("tick skipped"); n != 2 {
+	if n := e.logs.Count("tick skipped"); n != 2 {
 		t.Fatalf("%d skips logged, want 2", n)
 	}
 	close(e.gate)
-	waitFor(t, 5*time.Second, "run finished", e.b.idle)
+	mqtttest.WaitFor(t, 5*time.Second, "run finished", e.b.idle)
 	e.step(time.Minute, true)
 	if n := len(e.inv.Runs()); n != 2 {
 		t.Fatalf("after the long run: %d triggers, want 2", n)
@@ -262,7 +263,7 @@ func TestSkipOverlap(t *testing.T) {
 func TestQueueOverlap(t *testing.T) {
 	e := newCenv(t, t0, config.CronEntry{Name: "q", Schedule: "@every 1m", Handler: "gated", Overlap: "queue"})
 	e.step(time.Minute, false)
-	waitFor(t, 5*time.Second, "first run", func() bool { return len(e.inv.Runs()) == 1 })
+	mqtttest.WaitFor(t, 5*time.Second, "first run", func() bool { return len(e.inv.Runs()) == 1 })
 	e.step(time.Minute, false) // queued
 	e.step(time.Minute, false) // one pending already: skipped
 	e.step(time.Minute, false) // skipped
@@ -270,8 +271,8 @@ func TestQueueOverlap(t *testing.T) {
 		t.Fatalf("queued %d (want 1), skipped %d (want 2), runs %d (want 1)", q, s, len(e.inv.Runs()))
 	}
 	close(e.gate)
-	waitFor(t, 5*time.Second, "the queued tick runs", func() bool { return len(e.inv.Runs()) == 2 })
-	waitFor(t, 5*time.Second, "idle", e.b.idle)
+	mqtttest.WaitFor(t, 5*time.Second, "the queued tick runs", func() bool { return len(e.inv.Runs()) == 2 })
+	mqtttest.WaitFor(t, 5*time.Second, "idle", e.b.idle)
 	time.Sleep(200 * time.Millisecond)
 	if n := len(e.inv.Runs()); n != 2 {
 		t.Fatalf("%d runs, want 2 (at most one pending tick)", n)
@@ -281,7 +282,7 @@ func TestQueueOverlap(t *testing.T) {
 func TestNoBurstAfterJump(t *testing.T) {
 	e := newCenv(t, t0, config.CronEntry{Name: "m", Schedule: "@every 1m", Handler: "echo"})
 	e.step(time.Hour, true)
-	waitFor(t, 5*time.Second, "one run", func() bool { return len(e.inv.Runs()) >= 1 })
+	mqtttest.WaitFor(t, 5*time.Second, "one run", func() bool { return len(e.inv.Runs()) >= 1 })
 	time.Sleep(200 * time.Millisecond)
 	if n := len(e.inv.Runs()); n != 1 {
 		t.Fatalf("after a 1 h jump: %d runs, want 1 (no catch-up)", n)
@@ -290,26 +291,26 @@ func TestNoBurstAfterJump(t *testing.T) {
 		t.Fatalf("late tick not logged:\n%s", e.logs)
 	}
 	e.step(time.Minute, true)
-	waitFor(t, 5*time.Second, "second run", func() bool { return len(e.inv.Runs()) == 2 })
+	mqtttest.WaitFor(t, 5*time.Second, "second run", func() bool { return len(e.inv.Runs()) == 2 })
 }
 
 func TestUnknownHandlerWarnsAndKeepsScheduling(t *testing.T) {
 	e := newCenv(t, t0, config.CronEntry{Name: "typo-entry", Schedule: "@every 1m", Handler: "nope"})
 	e.step(time.Minute, true)
-	waitFor(t, 5*time.Second, "rejected logged", func() bool { return e.logs.count("cron run rejected by the invoker") == 1 })
+	mqtttest.WaitFor(t, 5*time.Second, "rejected logged", func() bool { return e.logs.Count("cron run rejected by the invoker") == 1 })
 	l := e.logs.String()
 	if !strings.Contains(l, "level=WARN") || !strings.Contains(l, "entry=typo-entry") || !strings.Contains(l, `reason="unknown handler"`) {
 		t.Fatalf("rejection not logged at Warn with the entry name:\n%s", l)
 	}
 	e.step(time.Minute, true)
-	waitFor(t, 5*time.Second, "second trigger", func() bool { return len(e.inv.Runs()) == 2 })
+	mqtttest.WaitFor(t, 5*time.Second, "second trigger", func() bool { return len(e.inv.Runs()) == 2 })
 }
 
 func TestMissedWhileBrokerDown(t *testing.T) {
 	clock := newFakeClock(t0)
-	logs, ev := &logBuf{}, &events{}
+	logs, ev := &mqtttest.LogBuf{}, &events{}
 	b, err := New(Options{Entries: []config.CronEntry{{Name: "m", Schedule: "@every 1m", Handler: "echo"}},
-		BrokerURL: "tcp://" + freeAddr(t), Clock: clock, Logger: logs.logger(), OnEvent: ev.add})
+		BrokerURL: "tcp://" + mqtttest.FreeAddr(t), Clock: clock, Logger: logs.Logger(), OnEvent: ev.add})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -317,19 +318,19 @@ func TestMissedWhileBrokerDown(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer b.Close()
-	waitFor(t, 5*time.Second, "loop waiting", func() bool { return clock.pending() == 1 })
+	mqtttest.WaitFor(t, 5*time.Second, "loop waiting", func() bool { return clock.pending() == 1 })
 	clock.Advance(time.Minute)
-	waitFor(t, 5*time.Second, "missed tick", func() bool { return ev.count(EventMissed) == 1 })
+	mqtttest.WaitFor(t, 5*time.Second, "missed tick", func() bool { return ev.count(EventMissed) == 1 })
 	if !strings.Contains(logs.String(), "missed: broker unreachable") {
 		t.Fatalf("missed tick not logged:\n%s", logs)
 	}
 }
 
 func TestRealClockEverySecond(t *testing.T) {
-	url, _ := startBroker(t, "127.0.0.1:0")
-	inv := startInvoker(t, url, nil)
+	url, _ := mqtttest.StartBroker(t, "127.0.0.1:0")
+	inv := mqtttest.StartInvoker(t, url, nil)
 	b, err := New(Options{Entries: []config.CronEntry{{Name: "tick", Schedule: "@every 1s", Handler: "echo", Payload: "tick"}},
-		BrokerURL: url, Logger: (&logBuf{}).logger()})
+		BrokerURL: url, Logger: (&mqtttest.LogBuf{}).Logger()})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -337,5 +338,5 @@ func TestRealClockEverySecond(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer b.Close()
-	waitFor(t, 3500*time.Millisecond, "2 triggers", func() bool { return inv.runsOf([]byte("tick")) >= 2 })
+	mqtttest.WaitFor(t, 3500*time.Millisecond, "2 triggers", func() bool { return inv.RunsOf([]byte("tick")) >= 2 })
 }

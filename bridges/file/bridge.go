@@ -2,8 +2,6 @@ package filebridge
 
 import (
 	"context"
-	"crypto/rand"
-	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -120,9 +118,7 @@ func New(o Options) (*Bridge, error) {
 		o.Settle = DefaultSettle
 	}
 	if o.ClientID == "" {
-		var b [4]byte
-		_, _ = rand.Read(b[:])
-		o.ClientID = "onebox-file-" + hex.EncodeToString(b[:])
+		o.ClientID = mqttc.ClientID("onebox-file-")
 	}
 	if o.BrokerURL == "" {
 		return nil, errors.New("file bridge: no broker URL")

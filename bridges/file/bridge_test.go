@@ -12,6 +12,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/onebox-dev/onebox/internal/mqtttest"
 	"github.com/onebox-dev/onebox/internal/record"
 	"github.com/onebox-dev/onebox/internal/topics"
 )
@@ -21,40 +22,40 @@ type env struct {
 	root  string // done/ and failed/ live here
 	inbox string
 	url   string
-	inv   *fakeInvoker
-	logs  *logBuf
+	inv   *mqtttest.Invoker
+	logs  *mqtttest.LogBuf
 }
 
 // handlers of the fake invoker: echo (upper-cases), bad (exit 3), nope
 // (unknown), slow (2s).
-func behave(h string) behavior {
+func behave(h string) mqtttest.Behavior {
 	switch h {
 	case "bad":
-		return behavior{exit: 3}
+		return mqtttest.Behavior{Exit: 3}
 	case "nope":
-		return behavior{reject: record.ReasonUnknownHandler}
+		return mqtttest.Behavior{Reject: record.ReasonUnknownHandler}
 	case "slow":
-		return behavior{delay: 2 * time.Second}
+		return mqtttest.Behavior{Delay: 2 * time.Second}
 	}
-	return behavior{}
+	return mqtttest.Behavior{}
 }
 
 func newEnv(t *testing.T) *env {
 	t.Helper()
 	root := t.TempDir()
-	e := &env{t: t, root: root, inbox: filepath.Join(root, "inbox"), logs: &logBuf{}}
+	e := &env{t: t, root: root, inbox: filepath.Join(root, "inbox"), logs: &mqtttest.LogBuf{}}
 	for _, h := range []string{"echo", "bad", "nope", "slow"} {
 		if err := os.MkdirAll(filepath.Join(e.inbox, h), 0o755); err != nil {
 			t.Fatal(err)
 		}
 	}
-	e.url, _ = startBroker(t, "127.0.0.1:0")
-	e.inv = startInvoker(t, e.url, behave)
+	e.url, _ = mqtttest.StartBroker(t, "127.0.0.1:0")
+	e.inv = mqtttest.StartInvoker(t, e.url, behave)
 	return e
 }
 
 func (e *env) options() Options {
-	return Options{Inbox: e.inbox, BrokerURL: e.url, Logger: e.logs.logger(), Settle: 150 * time.Millisecond, AnswerTimeout: 20 * time.Second}
+	return Options{Inbox: e.inbox, BrokerURL: e.url, Logger: e.logs.Logger(), Settle: 150 * time.Millisecond, AnswerTimeout: 20 * time.Second}
 }
 
 // start runs a bridge and waits until it is connected.
@@ -68,7 +69,7 @@ func (e *env) start(o Options) *Bridge {
 		e.t.Fatal(err)
 	}
 	e.t.Cleanup(func() { _ = b.Close() })
-	waitFor(e.t, 5*time.Second, "bridge connected", func() bool { return b.client.IsConnectionOpen() })
+	mqtttest.WaitFor(e.t, 5*time.Second, "bridge connected", func() bool { return b.client.IsConnectionOpen() })
 	return b
 }
 
@@ -98,7 +99,7 @@ func readRecord(t *testing.T, p string) record.Record {
 func (e *env) assertDone(h, name string, content []byte) {
 	e.t.Helper()
 	p := filepath.Join(e.root, "done", h, name)
-	waitFor(e.t, 10*time.Second, "done/"+h+"/"+name, func() bool { return exists(p+".status.json") && exists(p) })
+	mqtttest.WaitFor(e.t, 10*time.Second, "done/"+h+"/"+name, func() bool { return exists(p+".status.json") && exists(p) })
 	got, _ := os.ReadFile(p)
 	if !bytes.Equal(got, content) {
 		e.t.Fatalf("%s: content changed (%d bytes, want %d)", p, len(got), len(content))
@@ -139,7 +140,7 @@ func TestLargeFileWrittenSlowlyTriggersOnce(t *testing.T) {
 	e.assertDone("echo", "big.bin", all)
 	time.Sleep(300 * time.Millisecond)
 	runs := e.inv.Runs()
-	if len(runs) != 1 || !bytes.Equal(runs[0].payload, all) {
+	if len(runs) != 1 || !bytes.Equal(runs[0].Payload, all) {
 		t.Fatalf("want exactly one trigger with the full %d bytes, got %d runs", len(all), len(runs))
 	}
 }
@@ -189,7 +190,7 @@ func TestTwoHundredFiles(t *testing.T) {
 	for i := 0; i < n; i++ {
 		e.write(fmt.Sprintf("echo/f%03d.txt", i), []byte(fmt.Sprintf("file %d", i)))
 	}
-	waitFor(t, 30*time.Second, "200 files in done/", func() bool {
+	mqtttest.WaitFor(t, 30*time.Second, "200 files in done/", func() bool {
 		ents, _ := os.ReadDir(filepath.Join(e.root, "done", "echo"))
 		return len(ents) == 3*n
 	})
@@ -216,7 +217,7 @@ func TestUnicodeNameSameNameTwiceAndFolders(t *testing.T) {
 	e.write("echo/"+name, []byte("first"))
 	e.assertDone("echo", name, []byte("first"))
 	e.write("echo/"+name, []byte("second"))
-	waitFor(t, 10*time.Second, "second run filed", func() bool {
+	mqtttest.WaitFor(t, 10*time.Second, "second run filed", func() bool {
 		m, _ := filepath.Glob(filepath.Join(e.root, "done", "echo", "é ü 空 .file-*.txt.status.json"))
 		return len(m) == 1
 	})
@@ -236,7 +237,7 @@ func TestUnicodeNameSameNameTwiceAndFolders(t *testing.T) {
 		t.Fatal(err)
 	}
 	p := filepath.Join(e.root, "elsewhere", "done", "echo", "cat.jpg")
-	waitFor(t, 10*time.Second, p, func() bool { return exists(p + ".status.json") })
+	mqtttest.WaitFor(t, 10*time.Second, p, func() bool { return exists(p + ".status.json") })
 	if out, _ := os.ReadFile(p + ".out"); string(out) != "MEOW" {
 		t.Fatalf("cat.jpg.out = %q", out)
 	}
@@ -262,7 +263,7 @@ func TestFilesPresentAtStartAndNewHandlerFolder(t *testing.T) {
 	if len(e.inv.Runs()) != 6 {
 		t.Fatalf("%d triggers, want 6", len(e.inv.Runs()))
 	}
-	if !exists(filepath.Join(e.inbox, "loose.txt")) || e.logs.count("directly in the inbox") != 1 {
+	if !exists(filepath.Join(e.inbox, "loose.txt")) || e.logs.Count("directly in the inbox") != 1 {
 		t.Fatalf("a loose file in the inbox should stay and be warned about once:\n%s", e.logs)
 	}
 }
@@ -276,7 +277,7 @@ func TestRestartRunsNothingTwice(t *testing.T) {
 		contents = append(contents, c)
 		e.write(fmt.Sprintf("slow/s%d", i), c)
 	}
-	waitFor(t, 10*time.Second, "5 slow runs started", func() bool { return len(e.inv.Runs()) == 5 })
+	mqtttest.WaitFor(t, 10*time.Second, "5 slow runs started", func() bool { return len(e.inv.Runs()) == 5 })
 	if err := b.Close(); err != nil {
 		t.Fatal(err)
 	}
@@ -305,7 +306,7 @@ func TestRestartRunsNothingTwice(t *testing.T) {
 		t.Fatalf("republished with id %s, want the id kept in processing %s", r.ID, id)
 	}
 	for _, c := range contents {
-		if n := e.inv.runsOf(c); n != 1 {
+		if n := e.inv.RunsOf(c); n != 1 {
 			t.Fatalf("%q ran %d times", c, n)
 		}
 	}
@@ -329,13 +330,13 @@ func TestDeletedRightAway(t *testing.T) {
 	e.assertDone("echo", "after", []byte("after"))
 	time.Sleep(200 * time.Millisecond)
 	runs := len(e.inv.Runs()) - 1
-	skips := e.logs.count("file is gone before it was read")
+	skips := e.logs.Count("file is gone before it was read")
 	if runs+skips < n {
 		t.Fatalf("%d files: %d ran and %d skips logged", n, runs, skips)
 	}
 	for _, r := range e.inv.Runs() {
-		if !strings.HasPrefix(string(r.payload), "gone ") && string(r.payload) != "after" {
-			t.Fatalf("unexpected payload %q", r.payload)
+		if !strings.HasPrefix(string(r.Payload), "gone ") && string(r.Payload) != "after" {
+			t.Fatalf("unexpected payload %q", r.Payload)
 		}
 	}
 }
@@ -350,7 +351,7 @@ func TestTooLargeAndFailedRuns(t *testing.T) {
 	e.write("nope/who", []byte("who"))
 
 	p := filepath.Join(e.root, "failed", "echo", "huge.bin")
-	waitFor(t, 10*time.Second, p, func() bool { return exists(p + ".status.json") })
+	mqtttest.WaitFor(t, 10*time.Second, p, func() bool { return exists(p + ".status.json") })
 	r := readRecord(t, p+".status.json")
 	limit := fmt.Sprint(b2limit(o, "echo"))
 	if r.Reason != record.ReasonTooLarge || !strings.Contains(r.Error, limit) || exists(p+".out") || !exists(p) {
@@ -358,7 +359,7 @@ func TestTooLargeAndFailedRuns(t *testing.T) {
 	}
 
 	p = filepath.Join(e.root, "failed", "bad", "boom")
-	waitFor(t, 10*time.Second, p, func() bool { return exists(p + ".status.json") })
+	mqtttest.WaitFor(t, 10*time.Second, p, func() bool { return exists(p + ".status.json") })
 	r = readRecord(t, p+".status.json")
 	if r.State != record.Failed || r.ExitCode == nil || *r.ExitCode != 3 {
 		t.Fatalf("failed run: %+v", r)
@@ -368,12 +369,12 @@ func TestTooLargeAndFailedRuns(t *testing.T) {
 	}
 
 	p = filepath.Join(e.root, "failed", "nope", "who")
-	waitFor(t, 10*time.Second, p, func() bool { return exists(p + ".status.json") })
+	mqtttest.WaitFor(t, 10*time.Second, p, func() bool { return exists(p + ".status.json") })
 	if r = readRecord(t, p+".status.json"); r.State != record.Rejected || r.Reason != record.ReasonUnknownHandler {
 		t.Fatalf("unknown handler: %+v", r)
 	}
 	for _, run := range e.inv.Runs() {
-		if run.handler == "echo" {
+		if run.Handler == "echo" {
 			t.Fatal("a too-large file was published")
 		}
 	}
@@ -389,9 +390,9 @@ func TestBrokerDownThenUpAndNoAnswer(t *testing.T) {
 	inbox := filepath.Join(root, "inbox")
 	os.MkdirAll(filepath.Join(inbox, "echo"), 0o755)
 	os.MkdirAll(filepath.Join(inbox, "mute"), 0o755)
-	addr := freeAddr(t)
-	logs := &logBuf{}
-	b, err := New(Options{Inbox: inbox, BrokerURL: "tcp://" + addr, Logger: logs.logger(), Settle: 100 * time.Millisecond, AnswerTimeout: 1500 * time.Millisecond})
+	addr := mqtttest.FreeAddr(t)
+	logs := &mqtttest.LogBuf{}
+	b, err := New(Options{Inbox: inbox, BrokerURL: "tcp://" + addr, Logger: logs.Logger(), Settle: 100 * time.Millisecond, AnswerTimeout: 1500 * time.Millisecond})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -406,11 +407,11 @@ func TestBrokerDownThenUpAndNoAnswer(t *testing.T) {
 	if !exists(filepath.Join(inbox, "echo", "wait.txt")) {
 		t.Fatal("the file left the inbox while the broker was down")
 	}
-	url, _ := startBroker(t, addr)
+	url, _ := mqtttest.StartBroker(t, addr)
 	// An invoker that never answers "mute".
-	startInvoker(t, url, func(h string) behavior { return behavior{silent: h == "mute"} })
+	mqtttest.StartInvoker(t, url, func(h string) mqtttest.Behavior { return mqtttest.Behavior{Silent: h == "mute"} })
 	p := filepath.Join(root, "done", "echo", "wait.txt")
-	waitFor(t, 15*time.Second, p, func() bool { return exists(p + ".status.json") })
+	mqtttest.WaitFor(t, 15*time.Second, p, func() bool { return exists(p + ".status.json") })
 	if out, _ := os.ReadFile(p + ".out"); string(out) != "WAITED" {
 		t.Fatalf(".out = %q", out)
 	}
@@ -419,7 +420,7 @@ func TestBrokerDownThenUpAndNoAnswer(t *testing.T) {
 		t.Fatal(err)
 	}
 	p = filepath.Join(root, "failed", "mute", "q.txt")
-	waitFor(t, 10*time.Second, p, func() bool { return exists(p + ".status.json") })
+	mqtttest.WaitFor(t, 10*time.Second, p, func() bool { return exists(p + ".status.json") })
 	if r := readRecord(t, p+".status.json"); r.State != record.Failed || r.Reason != ReasonNoAnswer {
 		t.Fatalf("no answer: %+v", r)
 	}

@@ -70,8 +70,6 @@ package httpbridge
 
 import (
 	"context"
-	"crypto/rand"
-	"encoding/hex"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -188,9 +186,7 @@ func New(o Options) (*Bridge, error) {
 		if host == "" {
 			host = "onebox"
 		}
-		var b [4]byte
-		_, _ = rand.Read(b[:])
-		o.ClientID = "onebox-http-" + host + "-" + hex.EncodeToString(b[:])
+		o.ClientID = mqttc.ClientID("onebox-http-" + host + "-")
 	}
 	if o.MaxBody == 0 {
 		o.MaxBody = DefaultMaxBody

@@ -4,6 +4,8 @@ package mqttc
 
 import (
 	"context"
+	"crypto/rand"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -38,6 +40,15 @@ type Options struct {
 	// such as those a persistent session delivers right after it connects.
 	Default mqtt.MessageHandler
 	Logger  *slog.Logger
+}
+
+// ClientID returns prefix followed by 8 random hex digits, such as
+// ClientID("onebox-cron-") = "onebox-cron-1f0a9c3e": a default client id that
+// two instances of the same part do not share.
+func ClientID(prefix string) string {
+	var b [4]byte
+	_, _ = rand.Read(b[:])
+	return prefix + hex.EncodeToString(b[:])
 }
 
 // ErrConnect is returned when the first connection cannot be made in time.

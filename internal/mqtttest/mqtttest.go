@@ -1,8 +1,9 @@
-package filebridge
-
-// Test helpers: an in-process MQTT broker (mochi-mqtt, allow-all) and a fake
-// invoker that answers triggers the way the real one does (status queued,
-// running, result, final). Kept in sync with bridges/cron/mqtt_test.go.
+// Package mqtttest is for tests only: an in-process MQTT broker (mochi-mqtt,
+// allow-all) and a fake invoker that speaks onebox's topics, answering
+// trigger/<handler>[/<id>] the way the real invoker does (status queued,
+// running, result, final status). It also has a log buffer to assert on and a
+// polling WaitFor. Production code must not import it.
+package mqtttest
 
 import (
 	"bytes"
@@ -23,9 +24,9 @@ import (
 	"github.com/onebox-dev/onebox/internal/topics"
 )
 
-// startBroker runs a broker on addr ("127.0.0.1:0" for any port) and returns
-// its tcp:// URL.
-func startBroker(t *testing.T, addr string) (string, func()) {
+// StartBroker runs a broker on addr ("127.0.0.1:0" for any port) and returns
+// its tcp:// URL and a func that stops it (also called at cleanup; idempotent).
+func StartBroker(t testing.TB, addr string) (string, func()) {
 	t.Helper()
 	srv := mochi.New(&mochi.Options{Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
 	if err := srv.AddHook(new(auth.AllowHook), nil); err != nil {
@@ -42,8 +43,8 @@ func startBroker(t *testing.T, addr string) (string, func()) {
 	return "tcp://" + l.Address(), stop
 }
 
-// freeAddr returns a 127.0.0.1 address nothing listens on (yet).
-func freeAddr(t *testing.T) string {
+// FreeAddr returns a 127.0.0.1 address nothing listens on (yet).
+func FreeAddr(t testing.TB) string {
 	t.Helper()
 	l, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -54,37 +55,44 @@ func freeAddr(t *testing.T) string {
 	return a
 }
 
-// behavior is how the fake invoker treats one handler.
-type behavior struct {
-	delay  time.Duration
-	exit   int
-	reject string        // reason: answer a rejected record without running
-	gate   chan struct{} // when set, the run ends when it is closed
-	silent bool          // never answer
+// Behavior is how the fake invoker treats one handler. The zero value runs at
+// once and succeeds.
+type Behavior struct {
+	Delay  time.Duration // sleep before answering the result
+	Exit   int           // exit code; non-zero ends the run failed
+	Reject string        // reason: answer a rejected record without running
+	Gate   chan struct{} // when set, the run ends when it is closed
+	Silent bool          // never answer
 }
 
-type run struct {
-	handler, id string
-	payload     []byte
+// Run is one distinct trigger the fake invoker received.
+type Run struct {
+	Handler, ID string
+	Payload     []byte
 }
 
-type fakeInvoker struct {
-	t      *testing.T
+// Invoker is a fake invoker: an MQTT client subscribed to the trigger topics
+// that records each distinct run and answers it as its Behavior says. The
+// result payload is the trigger payload upper-cased.
+type Invoker struct {
 	c      mqtt.Client
-	behave func(handler string) behavior
+	behave func(handler string) Behavior
 
 	mu   sync.Mutex
-	runs []run
+	runs []Run
 	seen map[string]bool
 	dups int
 }
 
-func startInvoker(t *testing.T, url string, behave func(string) behavior) *fakeInvoker {
+// StartInvoker connects a fake invoker to the broker at url; behave (nil: the
+// zero Behavior for every handler) picks how each handler is answered. It is
+// disconnected at cleanup.
+func StartInvoker(t testing.TB, url string, behave func(handler string) Behavior) *Invoker {
 	t.Helper()
 	if behave == nil {
-		behave = func(string) behavior { return behavior{} }
+		behave = func(string) Behavior { return Behavior{} }
 	}
-	f := &fakeInvoker{t: t, behave: behave, seen: map[string]bool{}}
+	f := &Invoker{behave: behave, seen: map[string]bool{}}
 	o := mqtt.NewClientOptions().AddBroker(url).SetClientID("fake-invoker-" + topics.NewID()).
 		SetProtocolVersion(4).SetCleanSession(true).SetAutoReconnect(true).SetConnectRetry(true).
 		SetConnectRetryInterval(100 * time.Millisecond).SetOrderMatters(false)
@@ -104,11 +112,11 @@ func startInvoker(t *testing.T, url string, behave func(string) behavior) *fakeI
 	return f
 }
 
-func (f *fakeInvoker) pub(topic string, b []byte) {
+func (f *Invoker) pub(topic string, b []byte) {
 	f.c.Publish(topic, 1, false, b).WaitTimeout(5 * time.Second)
 }
 
-func (f *fakeInvoker) handle(topic string, payload []byte) {
+func (f *Invoker) handle(topic string, payload []byte) {
 	h, id, err := topics.ParseTrigger(topic)
 	if err != nil {
 		return
@@ -123,7 +131,7 @@ func (f *fakeInvoker) handle(topic string, payload []byte) {
 		return
 	}
 	f.seen[id] = true
-	f.runs = append(f.runs, run{h, id, payload})
+	f.runs = append(f.runs, Run{h, id, payload})
 	f.mu.Unlock()
 
 	src := record.SourceMQTT
@@ -134,78 +142,88 @@ func (f *fakeInvoker) handle(topic string, payload []byte) {
 		src = record.SourceCron
 	}
 	bh := f.behave(h)
-	if bh.silent {
+	if bh.Silent {
 		return
 	}
 	now := time.Now()
 	rec := record.Record{ID: id, Handler: h, Image: "fake/" + h, Source: src, State: record.Queued, QueuedAt: record.TimePtr(now), Invoker: "fake"}
 	f.pub(topics.Status(id), rec.Marshal())
-	if bh.reject != "" {
-		rec.State, rec.Reason, rec.FinishedAt = record.Rejected, bh.reject, record.TimePtr(time.Now())
+	if bh.Reject != "" {
+		rec.State, rec.Reason, rec.FinishedAt = record.Rejected, bh.Reject, record.TimePtr(time.Now())
 		f.pub(topics.Status(id), rec.Marshal())
 		return
 	}
 	rec.State, rec.StartedAt = record.Running, record.TimePtr(time.Now())
 	f.pub(topics.Status(id), rec.Marshal())
-	if bh.gate != nil {
-		<-bh.gate
+	if bh.Gate != nil {
+		<-bh.Gate
 	}
-	time.Sleep(bh.delay)
+	time.Sleep(bh.Delay)
 	out := bytes.ToUpper(payload)
 	f.pub(topics.Result(id), out)
 	rec.FinishedAt = record.TimePtr(time.Now())
-	rec.ExitCode = record.IntPtr(bh.exit)
+	rec.ExitCode = record.IntPtr(bh.Exit)
 	rec.StdoutBytes = int64(len(out))
 	rec.State = record.Succeeded
-	if bh.exit != 0 {
+	if bh.Exit != 0 {
 		rec.State, rec.Reason = record.Failed, record.ReasonExit
 	}
 	f.pub(topics.Status(id), rec.Marshal())
 }
 
-func (f *fakeInvoker) Runs() []run {
+// Runs returns a copy of the distinct runs received so far, in arrival order.
+func (f *Invoker) Runs() []Run {
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	return append([]run(nil), f.runs...)
+	return append([]Run(nil), f.runs...)
 }
 
-// runsOf counts the distinct runs whose payload is p.
-func (f *fakeInvoker) runsOf(p []byte) int {
+// RunsOf counts the distinct runs whose payload is p.
+func (f *Invoker) RunsOf(p []byte) int {
 	n := 0
 	for _, r := range f.Runs() {
-		if bytes.Equal(r.payload, p) {
+		if bytes.Equal(r.Payload, p) {
 			n++
 		}
 	}
 	return n
 }
 
-// logBuf collects log lines for assertions.
-type logBuf struct {
+// Dups counts the triggers ignored because their id was already seen.
+func (f *Invoker) Dups() int {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.dups
+}
+
+// LogBuf collects log lines for assertions; the zero value is ready to use.
+type LogBuf struct {
 	mu sync.Mutex
 	b  bytes.Buffer
 }
 
-func (l *logBuf) Write(p []byte) (int, error) {
+func (l *LogBuf) Write(p []byte) (int, error) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	return l.b.Write(p)
 }
 
-func (l *logBuf) String() string {
+func (l *LogBuf) String() string {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	return l.b.String()
 }
 
-func (l *logBuf) count(sub string) int { return strings.Count(l.String(), sub) }
+// Count counts the occurrences of sub in what was logged so far.
+func (l *LogBuf) Count(sub string) int { return strings.Count(l.String(), sub) }
 
-func (l *logBuf) logger() *slog.Logger {
+// Logger returns a debug-level text logger writing into l.
+func (l *LogBuf) Logger() *slog.Logger {
 	return slog.New(slog.NewTextHandler(l, &slog.HandlerOptions{Level: slog.LevelDebug}))
 }
 
-// waitFor polls cond every 20ms until it holds or d passes.
-func waitFor(t *testing.T, d time.Duration, what string, cond func() bool) {
+// WaitFor polls cond every 20ms until it holds or d passes, then fails t.
+func WaitFor(t testing.TB, d time.Duration, what string, cond func() bool) {
 	t.Helper()
 	deadline := time.Now().Add(d)
 	for !cond() {
