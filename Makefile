@@ -16,11 +16,16 @@ build:
 cross:
 	VERSION=$(VERSION) scripts/cross.sh
 
+# The Go demo handlers. The shell handler (and the busybox base) also need a
+# static busybox built for the target: onebox takes /bin/busybox, the host's, so
+# on an amd64 laptop add `shell` to HANDLERS for the amd64 tar only.
+HANDLERS ?= hello goodbye echo inbox-ls
+
 handlers-tars: build
 	mkdir -p dist
-	./onebox handlers build --platform linux/arm/v7 -o dist/handlers-linux-armv7.tar
-	./onebox handlers build --platform linux/arm64 -o dist/handlers-linux-arm64.tar
-	./onebox handlers build --platform linux/amd64 -o dist/handlers-linux-amd64.tar
+	./onebox handlers build $(HANDLERS) --platform linux/arm/v7 -o dist/handlers-linux-armv7.tar
+	./onebox handlers build $(HANDLERS) --platform linux/arm64 -o dist/handlers-linux-arm64.tar
+	./onebox handlers build $(HANDLERS) --platform linux/amd64 -o dist/handlers-linux-amd64.tar
 
 test-arm:
 	scripts/test-arm.sh

@@ -15,6 +15,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"hash/fnv"
 	"log/slog"
 	"path/filepath"
 	"sort"
@@ -68,6 +69,7 @@ type Trigger struct {
 type job struct {
 	Trigger
 	key         string // dedupe key
+	pkt         string // dedupe key of an id-less trigger's packet, or ""
 	seq         uint64
 	source      string
 	queuedAt    time.Time
@@ -208,29 +210,44 @@ func (iv *Invoker) Handle(t Trigger) error {
 	iv.stats.Received++
 	iv.mu.Unlock()
 
-	key := t.ID
-	if key == "" {
+	// Triggers with an id are deduplicated by id. One without an id gets a new
+	// id; a DUP redelivery of its packet is recognised by topic, packet id and
+	// payload (a fresh message that reuses the packet id carries no DUP, and one
+	// that carries DUP but was never seen still runs).
+	key, pkt := t.ID, ""
+	if t.ID == "" {
+		h := fnv.New64a()
+		h.Write(t.Payload)
+		pkt = fmt.Sprintf("pkt:%s:%d:%x", t.Topic, t.MessageID, h.Sum64())
 		if t.Duplicate {
-			// A redelivery of a trigger without an id is recognised by its packet.
-			key = fmt.Sprintf("pkt:%s:%d:%d", t.Topic, t.MessageID, len(t.Payload))
+			key = pkt
 		} else {
+			iv.dd.forget(pkt) // the packet id is reused by a new message
 			t.ID = topics.NewID()
 			key = t.ID
 		}
 	}
-	added, _ := iv.dd.add(key)
+	added, done := iv.dd.add(key)
 	if !added {
 		iv.mu.Lock()
 		iv.stats.Duplicates++
 		iv.mu.Unlock()
-		iv.log.Debug("duplicate trigger dropped (a redelivery of a run already taken)", "id", t.ID, "topic", t.Topic, "dup", t.Duplicate)
-		ack()
+		iv.log.Debug("duplicate trigger dropped (a redelivery of a run already taken)", "id", t.ID, "topic", t.Topic, "dup", t.Duplicate, "ended", done)
+		if done {
+			ack()
+		} // else the first delivery's run acknowledges the packet when it ends
 		return nil
 	}
-	if t.ID == "" {
+	switch {
+	case t.ID == "": // a DUP packet never seen: it runs, under a new id
 		t.ID = topics.NewID()
+	case pkt != "": // a new id-less trigger: remember its packet
+		iv.dd.add(pkt)
 	}
-	j := &job{Trigger: t, key: key, source: SourceOf(t.ID), queuedAt: iv.o.Now(), redelivered: t.Duplicate}
+	if key == pkt {
+		pkt = ""
+	}
+	j := &job{Trigger: t, key: key, pkt: pkt, source: SourceOf(t.ID), queuedAt: iv.o.Now(), redelivered: t.Duplicate}
 
 	iv.mu.Lock()
 	h, ok := iv.handlers[t.Handler]
@@ -277,9 +294,18 @@ func (iv *Invoker) reject(j *job, reason, msg string) {
 	r.FinishedAt = record.TimePtr(now)
 	iv.log.Debug("trigger rejected", "id", j.ID, "handler", j.Handler, "reason", reason)
 	iv.publishRecord(r)
-	iv.dd.finish(j.key)
+	iv.finishKeys(j)
 	if j.Ack != nil {
 		j.Ack()
+	}
+}
+
+// finishKeys marks a job's dedupe keys as ended: a redelivery within the window
+// is acknowledged and dropped.
+func (iv *Invoker) finishKeys(j *job) {
+	iv.dd.finish(j.key)
+	if j.pkt != "" {
+		iv.dd.finish(j.pkt)
 	}
 }
 
@@ -450,7 +476,7 @@ func (iv *Invoker) run(j *job, name string, h config.Handler) {
 		r.Error = err.Error()
 		log.Warn("run failed before its container ran", "reason", r.Reason, "err", err)
 		iv.publishRecord(r)
-		iv.dd.finish(j.key)
+		iv.finishKeys(j)
 		if j.Ack != nil {
 			j.Ack()
 		}
@@ -489,7 +515,7 @@ func (iv *Invoker) run(j *job, name string, h config.Handler) {
 	}
 	iv.publishRecord(r)
 	log.Debug("run ended", "state", r.State, "exit_code", res.ExitCode, "duration_ms", r.DurationMs, "start_ms", r.StartMs)
-	iv.dd.finish(j.key)
+	iv.finishKeys(j)
 	if j.Ack != nil {
 		j.Ack()
 	}
@@ -510,6 +536,9 @@ func (iv *Invoker) Shutdown(ctx context.Context) error {
 	iv.mu.Unlock()
 	for _, j := range dropped {
 		iv.dd.forget(j.key)
+		if j.pkt != "" {
+			iv.dd.forget(j.pkt)
+		}
 	}
 	if len(dropped) > 0 {
 		iv.log.Info("queued triggers left to the broker for the next start", "count", len(dropped))

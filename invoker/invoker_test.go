@@ -301,22 +301,42 @@ func TestRedeliveryRunsOnce(t *testing.T) {
 	ack := func() { atomic.AddInt32(&acks, 1) }
 	iv.Handle(Trigger{Topic: "trigger/echo/same", Handler: "echo", ID: "same", Ack: ack})
 	waitFor(t, "first run", func() bool { return len(pub.finals()) == 1 })
+	// The same id again (a redelivery): dropped, and acknowledged.
 	iv.Handle(Trigger{Topic: "trigger/echo/same", Handler: "echo", ID: "same", Duplicate: true, Ack: ack})
-	// Without an id: the same packet redelivered with DUP is dropped...
+	// Without an id: packet 7 runs once; its DUP copies are dropped...
 	iv.Handle(Trigger{Topic: "trigger/echo", Handler: "echo", MessageID: 7, Payload: []byte("p"), Ack: ack})
-	waitFor(t, "second run", func() bool { return len(rt.images()) == 2 })
-	// (the first delivery of packet 7 had no DUP, so it ran; its redelivery:)
+	waitFor(t, "second run", func() bool { return len(pub.finals()) == 2 })
 	iv.Handle(Trigger{Topic: "trigger/echo", Handler: "echo", MessageID: 7, Payload: []byte("p"), Duplicate: true, Ack: ack})
 	iv.Handle(Trigger{Topic: "trigger/echo", Handler: "echo", MessageID: 7, Payload: []byte("p"), Duplicate: true, Ack: ack})
-	// ...and a fresh message that happens to carry DUP still runs.
+	// ...a new message that reuses packet id 7 (no DUP) runs, and so does
+	// a fresh message that happens to carry DUP.
+	iv.Handle(Trigger{Topic: "trigger/echo", Handler: "echo", MessageID: 7, Payload: []byte("p"), Ack: ack})
 	iv.Handle(Trigger{Topic: "trigger/echo", Handler: "echo", MessageID: 9, Payload: []byte("q"), Duplicate: true, Ack: ack})
-	waitFor(t, "acks", func() bool { return atomic.LoadInt32(&acks) == 6 })
+	waitFor(t, "acks", func() bool { return atomic.LoadInt32(&acks) == 7 })
 	time.Sleep(20 * time.Millisecond)
 	if n := len(rt.images()); n != 4 {
-		t.Fatalf("runs = %d, want 4 (same id once, packet 7 twice: first + its id-less DUP copy once, packet 9 once)", n)
+		t.Fatalf("runs = %d, want 4 (id once, packet 7 once, its reuse once, packet 9 once)", n)
 	}
-	if st := iv.Stats(); st.Duplicates != 2 {
-		t.Fatalf("duplicates = %d, want 2", st.Duplicates)
+	if st := iv.Stats(); st.Duplicates != 3 {
+		t.Fatalf("duplicates = %d, want 3", st.Duplicates)
+	}
+}
+
+func TestRedeliveryWhileRunningIsNotAcked(t *testing.T) {
+	rt := &fakeRuntime{hold: make(chan struct{})}
+	iv, pub := newTest(t, rt, 2, handlers("echo", &config.Handler{Image: "e"}))
+	var first, second int32
+	iv.Handle(Trigger{Handler: "echo", ID: "x", Ack: func() { atomic.AddInt32(&first, 1) }})
+	waitFor(t, "running", func() bool { return atomic.LoadInt32(&rt.running) == 1 })
+	iv.Handle(Trigger{Handler: "echo", ID: "x", Duplicate: true, Ack: func() { atomic.AddInt32(&second, 1) }})
+	if atomic.LoadInt32(&second) != 0 {
+		t.Fatal("a redelivery of a run still going was acknowledged: a crash now would lose the trigger")
+	}
+	close(rt.hold)
+	waitFor(t, "final", func() bool { return len(pub.finals()) == 1 })
+	waitFor(t, "ack", func() bool { return atomic.LoadInt32(&first) == 1 })
+	if len(rt.images()) != 1 {
+		t.Fatalf("ran %d times", len(rt.images()))
 	}
 }
 
