@@ -122,7 +122,7 @@ func (h *authHook) OnConnect(cl *mqtt.Client, pk packets.Packet) error {
 	if pk.Connect.WillFlag && !h.allowed(cl, name, pk.Connect.WillTopic, true) {
 		return h.refuse(cl, name, packets.ErrNotAuthorized, errWillDenied, "will on "+clip(pk.Connect.WillTopic)+" not allowed for this user")
 	}
-	if known && u.Part != "" && h.open {
+	if reserved && known && u.Part == part && h.open {
 		h.claimed.Store(cl.ID, u.Part)
 	}
 	h.approved.Store(cl, struct{}{})

@@ -340,3 +340,34 @@ func TestSessionOwner(t *testing.T) {
 		t.Errorf("a clean session on a disconnected id: %v", err)
 	}
 }
+
+// An MQTT 5 publish that names only its topic alias is checked against the
+// topic the alias stands for (mochi checks the ACL before resolving aliases).
+func TestTopicAliasACL(t *testing.T) {
+	b, _ := startBroker(t, Options{Users: testUsers(t)}, slog.LevelInfo)
+	w, wch := mustDial(t, b, "watcher-1", "watcher", "watcher-pw")
+	subscribe(t, w, "trigger/#", 1)
+	subscribe(t, w, "zz/end", 1)
+
+	c := rawDial(t, b)
+	body := append(mqttString("MQTT"), 5, 0xC2, 0, 60, 0x03, 0x22, 0x00, 0x0A) // topic alias maximum 10
+	body = append(body, mqttString("alias-1")...)
+	body = append(body, mqttString("alice")...)
+	body = append(body, mqttString("alice-pw")...)
+	_, _ = c.Write(append(append([]byte{0x10}, varint(len(body))...), body...))
+	expectConnack(t, c, "alias client")
+	pub := func(topic string, alias uint16, payload string) {
+		b := append(mqttString(topic), 0x03, 0x23, byte(alias>>8), byte(alias)) // QoS 0: no packet id
+		b = append(b, payload...)
+		_, _ = c.Write(append(append([]byte{0x30}, varint(len(b))...), b...))
+	}
+	pub("trigger/hello/a1", 1, "named") // allowed, sets alias 1
+	pub("", 1, "by alias")              // allowed through the alias
+	pub("trigger/goodbye", 2, "denied") // denied: alias 2 is not set
+	pub("", 2, "unknown alias")         // denied
+	got := collectUntilEnd(t, b, wch)
+	want := []string{"trigger/hello/a1=named", "trigger/hello/a1=by alias"}
+	if strings.Join(got, ",") != strings.Join(want, ",") {
+		t.Errorf("watcher got %q, want %q", got, want)
+	}
+}

@@ -142,6 +142,7 @@ func New(o Options) (*Broker, error) {
 	// Auth first: it must be the only hook providing OnConnectAuthenticate and
 	// OnACLCheck, and its OnConnect must run before triggerHook's.
 	b.auth = newAuthHook(b, o.Users, o.Sys)
+	guard := &inflightGuard{b: b} // inflight.go
 	hooks := []hook{{b.auth, nil}, {&protocolHook{b: b}, nil}, {&triggerHook{b: b}, nil}, {&limitsHook{b: b}, nil}}
 	if o.DataDir != "" {
 		h, cfg, err := b.boltHook()
@@ -149,7 +150,9 @@ func New(o Options) (*Broker, error) {
 			return nil, err
 		}
 		hooks = append(hooks, hook{h, cfg})
+		guard.store, _ = h.(*boltStore)
 	}
+	hooks = append(hooks, hook{guard, nil})
 	for _, h := range hooks {
 		if err := b.srv.AddHook(h.h, h.cfg); err != nil {
 			_ = b.srv.Close()
@@ -259,6 +262,13 @@ func (b *Broker) Close() error {
 		return nil
 	}
 	b.closed = true
+	// Stop accepting first: mochi's Close waits on its connection WaitGroup, which
+	// a connection accepted meanwhile would Add to (a data race in mochi).
+	for _, l := range []net.Listener{b.listener, b.tlsLn, b.wsLn} {
+		if l != nil {
+			_ = l.Close()
+		}
+	}
 	err := b.srv.Close()
 	addr := b.opts.Listen
 	if b.listener != nil {

@@ -19,6 +19,8 @@ import (
 	"testing"
 	"time"
 
+	paho "github.com/eclipse/paho.mqtt.golang"
+
 	"github.com/onebox-dev/onebox/internal/acl"
 )
 
@@ -167,18 +169,31 @@ func TestWebSocketOrigin(t *testing.T) {
 			o.Users = map[string]User{"u": {PasswordHash: hash(t, "p"), Rules: acl.Rules{Publish: []string{"#"}}}}
 		}
 		b, _ := startBroker(t, o, slog.LevelInfo)
-		for origin, wantOpen := range map[string]int{"": 101, "http://" + b.WebSocketAddr(): 101, "http://evil.example": 403} {
-			want := wantOpen
-			if !open {
-				want = 101 // credentials are in MQTT, not in the browser: any origin may try
+		for origin, wantOK := range map[string]bool{"": true, "http://" + b.WebSocketAddr(): true, "http://evil.example": !open} {
+			h := http.Header{}
+			if origin != "" {
+				h.Set("Origin", origin)
 			}
-			if got := wsUpgrade(t, b.WebSocketAddr(), origin); got != want {
-				t.Errorf("open=%v Origin %q: HTTP %d, want %d", open, origin, got, want)
+			c := paho.NewClient(paho.NewClientOptions().AddBroker("ws://" + b.WebSocketAddr() + "/mqtt").SetClientID("ws-" + shortID()).
+				SetUsername("u").SetPassword("p").SetHTTPHeaders(h).SetAutoReconnect(false).SetConnectTimeout(3 * time.Second))
+			tok := c.Connect()
+			ok := tok.WaitTimeout(5*time.Second) && tok.Error() == nil
+			if ok != wantOK {
+				t.Errorf("open=%v Origin %q: connected=%v (%v), want %v", open, origin, ok, tok.Error(), wantOK)
+			}
+			if ok {
+				c.Disconnect(100)
+			}
+		}
+		if open {
+			if got := wsUpgrade(t, b.WebSocketAddr(), "http://evil.example"); got != http.StatusForbidden {
+				t.Errorf("cross-origin upgrade: HTTP %d, want 403", got)
 			}
 		}
 	}
 }
 
+// wsUpgrade sends a WebSocket upgrade request and returns the HTTP status.
 func wsUpgrade(t *testing.T, addr, origin string) int {
 	t.Helper()
 	c, err := net.DialTimeout("tcp", addr, 5*time.Second)

@@ -35,6 +35,12 @@ func (h *protocolHook) OnPacketRead(cl *mqtt.Client, pk packets.Packet) (packets
 	if pk.FixedHeader.Type != packets.Publish {
 		return pk, nil
 	}
+	// mochi checks the ACL before it resolves an MQTT 5 topic alias, so a publish
+	// that names only its alias would be checked as "" and denied: resolve it here.
+	// (An alias is only ever set for a topic the ACL allowed.)
+	if pk.TopicName == "" && pk.Properties.TopicAliasFlag && pk.Properties.TopicAlias > 0 {
+		pk.TopicName = cl.State.TopicAliases.Inbound.Set(pk.Properties.TopicAlias, "")
+	}
 	topic := pk.TopicName
 	switch {
 	case strings.ContainsAny(topic, "+#"):

@@ -66,6 +66,9 @@ func startPodman(t *testing.T) (*docker.Runtime, string) {
 	cmd := exec.Command(bin, append(base, "system", "service", "--time=0", "unix://"+sock)...)
 	cmd.Env = append(os.Environ(), "CONTAINERS_CONF="+conf)
 	cmd.Stdout, cmd.Stderr = &logs, &logs
+	// conmon writes an "oom" marker into its working directory when a
+	// container is OOM-killed: keep it out of the source tree.
+	cmd.Dir = dir
 	if err := cmd.Start(); err != nil {
 		fail("podman system service: %v", err)
 	}

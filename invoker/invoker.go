@@ -41,6 +41,10 @@ type Options struct {
 	Runtime     container.Runtime // the engine
 	Concurrency int               // global limit on running containers
 	StdoutCap   int64
+	// MaxPacket is the broker's packet size limit (broker.max_packet, default
+	// 1 MiB): result/<id> is cut to fit in it, since a broker closes the
+	// connection of a client that publishes a larger packet.
+	MaxPacket   int64
 	StderrTail  int
 	Grace       time.Duration // SIGTERM to SIGKILL
 	DedupeCount int
@@ -117,6 +121,9 @@ func New(o Options, pub Publisher) *Invoker {
 	}
 	if o.StdoutCap <= 0 {
 		o.StdoutCap = config.DefaultStdoutCap
+	}
+	if o.MaxPacket <= 0 {
+		o.MaxPacket = config.DefaultMaxPacket
 	}
 	if o.StderrTail <= 0 {
 		o.StderrTail = 4096
@@ -492,8 +499,13 @@ func (iv *Invoker) run(j *job, name string, h config.Handler) {
 	r.StartMs = res.StartMs
 	r.MaxMemoryBytes = res.MaxMemoryBytes
 	r.CPUMs = res.CPUMs
+	// The result must fit in one packet: fixed header (≤5), topic length (2),
+	// topic, packet id (2), payload; mochi also counts one byte more.
+	if room := iv.o.MaxPacket - int64(len(topics.Result(j.ID))) - 10; int64(len(res.Stdout)) > room && room >= 0 {
+		res.Stdout = res.Stdout[:room]
+	}
 	r.StdoutBytes = res.StdoutBytes
-	r.Truncated = res.Truncated
+	r.Truncated = res.Truncated || res.StdoutBytes > int64(len(res.Stdout))
 	r.Stderr = string(res.Stderr)
 	switch {
 	case iv.runCtx.Err() != nil && (res.TimedOut || res.ExitCode != 0):

@@ -1,8 +1,12 @@
 package invoker
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
+	"log/slog"
+	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -15,6 +19,23 @@ import (
 	"github.com/onebox-dev/onebox/internal/topics"
 	"github.com/onebox-dev/onebox/invoker/container"
 )
+
+type syncBuf struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuf) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuf) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
+}
 
 // noMemcgRuntime is a fakeRuntime on an engine whose memory cgroup is off.
 type noMemcgRuntime struct{ fakeRuntime }
@@ -37,7 +58,9 @@ func TestStartReportsMemoryCgroupOff(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	name := "memcg-" + topics.NewID()[:6]
-	s, err := Start(ctx, Options{Name: name, Runtime: &noMemcgRuntime{}}, MQTTOptions{URL: b.URL()},
+	var logs syncBuf
+	log := slog.New(slog.NewTextHandler(&logs, nil))
+	s, err := Start(ctx, Options{Name: name, Runtime: &noMemcgRuntime{}, Logger: log}, MQTTOptions{URL: b.URL()},
 		map[string]*config.Handler{"echo": {Image: "x"}})
 	if err != nil {
 		t.Fatal(err)
@@ -51,7 +74,6 @@ func TestStartReportsMemoryCgroupOff(t *testing.T) {
 	}
 	defer c.Disconnect(0)
 	c.Subscribe(topics.InvokerState(name), 1, func(_ mqtt.Client, m mqtt.Message) {
-		println("got", m.Topic(), m.Retained(), string(m.Payload()))
 		if m.Retained() {
 			got <- append([]byte(nil), m.Payload()...)
 		}
@@ -66,7 +88,28 @@ func TestStartReportsMemoryCgroupOff(t *testing.T) {
 			t.Fatalf("retained state %s", p)
 		}
 		t.Logf("retained state: %s", p)
+		if !strings.Contains(logs.String(), "level=WARN") || !strings.Contains(logs.String(), "memory cgroup off") {
+			t.Fatalf("no warning in the log: %s", logs.String())
+		}
 	case <-ctx.Done():
 		t.Fatal("no retained invoker state")
+	}
+}
+
+// A result as large as the stdout cap would not fit in one packet of the
+// broker's limit (a broker closes the connection of a client that publishes a
+// larger one): it is cut to fit and the record says truncated.
+func TestResultFitsInOnePacket(t *testing.T) {
+	rt := &fakeRuntime{}
+	iv, pub := newTest(t, rt, 2, handlers("echo", &config.Handler{Image: "img/echo"}))
+	payload := bytes.Repeat([]byte("p"), 1<<20) // the fake prints "out:" + stdin
+	iv.Handle(Trigger{Topic: "trigger/echo/big1", Handler: "echo", ID: "big1", Payload: payload})
+	waitFor(t, "final record", func() bool { return len(pub.finals()) == 1 })
+	res := pub.msgs[pub.index("result/big1")].payload
+	if room := config.DefaultMaxPacket - len("result/big1") - 10; len(res) > room {
+		t.Fatalf("result of %d bytes, room for %d", len(res), room)
+	}
+	if r := pub.finals()["big1"]; !r.Truncated || r.StdoutBytes != 4+1<<20 {
+		t.Fatalf("record %+v", r)
 	}
 }

@@ -83,9 +83,9 @@ func (m *Metrics) Observe(r record.Record) {
 		return
 	}
 	if r.StartedAt != nil && r.FinishedAt != nil {
-		if d := r.FinishedAt.Sub(*r.StartedAt); d >= 0 {
-			m.duration.WithLabelValues(h).Observe(d.Seconds())
-		}
+		// The engine's finished time can precede its started time by a few
+		// hundred microseconds for a run shorter than that: count it as 0.
+		m.duration.WithLabelValues(h).Observe(max(r.FinishedAt.Sub(*r.StartedAt).Seconds(), 0))
 	}
 	if r.StartMs > 0 {
 		m.start.WithLabelValues(h).Observe(float64(r.StartMs) / 1000)

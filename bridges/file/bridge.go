@@ -648,10 +648,10 @@ func (b *Bridge) finish(j *job, rec record.Record, out []byte, hasOut bool) {
 	dst := filepath.Join(dir, name)
 	var err error
 	if hasOut {
-		err = os.WriteFile(dst+".out", out, 0o644)
+		err = writeAtomic(dst+".out", out)
 	}
 	if err == nil {
-		err = os.WriteFile(dst+".status.json", js, 0o644)
+		err = writeAtomic(dst+".status.json", js)
 	}
 	if err == nil {
 		err = moveFile(j.path(), dst)
@@ -796,4 +796,18 @@ func moveFile(src, dst string) error {
 		return err
 	}
 	return os.Remove(src)
+}
+
+// writeAtomic writes path through a hidden temporary file renamed into place, so a
+// reader never sees a half-written result or record.
+func writeAtomic(path string, data []byte) error {
+	tmp := filepath.Join(filepath.Dir(path), "."+filepath.Base(path)+".tmp")
+	if err := os.WriteFile(tmp, data, 0o644); err != nil {
+		return err
+	}
+	if err := os.Rename(tmp, path); err != nil {
+		os.Remove(tmp)
+		return err
+	}
+	return nil
 }

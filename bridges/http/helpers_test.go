@@ -164,9 +164,10 @@ func (f *fakeInvoker) onTrigger(_ mqtt.Client, m mqtt.Message) {
 }
 
 func (f *fakeInvoker) pub(topic string, b []byte) {
-	if err := mqttc.Wait(f.c.Publish(topic, 1, false, b), 5*time.Second); err != nil {
-		f.t.Errorf("fake invoker publish %s: %v", topic, err)
-	}
+	// An answer may still be going out when its test has ended and the broker is
+	// gone (a slow handler's): a failed publish is not the test's to report, and
+	// t.Errorf after the end would panic. The tests assert on what arrives.
+	_ = mqttc.Wait(f.c.Publish(topic, 1, false, b), 5*time.Second)
 }
 
 func (f *fakeInvoker) answer(h, id string, p []byte) {

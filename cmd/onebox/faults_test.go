@@ -155,7 +155,7 @@ func startSplit(t *testing.T, handlersYAML, invokerExtra string) *split {
 }
 
 func (s *split) startInvoker(t *testing.T) *proc {
-	return startProc(t, s.dir, nil, "invoker ready", "invoker", "--config", s.cfg, "--broker-url", "tcp://"+s.mqtt, "--shutdown-grace", "2s")
+	return startProc(t, s.dir, []string{"ONEBOX_LOG_LEVEL=" + os.Getenv("ONEBOX_FAULT_LOG_LEVEL")}, "invoker ready", "invoker", "--config", s.cfg, "--broker-url", "tcp://"+s.mqtt, "--shutdown-grace", "2s")
 }
 
 func (s *split) url() string { return "tcp://" + s.mqtt }
@@ -330,6 +330,40 @@ func procStatus(pid int, field string) int64 {
 	return -1
 }
 
+// fdCount counts the open files of pid.
+func fdCount(pid int) int {
+	ents, err := os.ReadDir(fmt.Sprintf("/proc/%d/fd", pid))
+	if err != nil {
+		return -1
+	}
+	return len(ents)
+}
+
+// childZombies counts the zombie children of pid.
+func childZombies(pid int) int {
+	n := 0
+	ents, _ := os.ReadDir("/proc")
+	for _, e := range ents {
+		if _, err := strconv.Atoi(e.Name()); err != nil {
+			continue
+		}
+		b, err := os.ReadFile("/proc/" + e.Name() + "/stat")
+		if err != nil {
+			continue
+		}
+		s := string(b)
+		i := strings.LastIndexByte(s, ')')
+		if i < 0 {
+			continue
+		}
+		f := strings.Fields(s[i+1:])
+		if len(f) > 1 && f[0] == "Z" && f[1] == strconv.Itoa(pid) {
+			n++
+		}
+	}
+	return n
+}
+
 // hostPids counts the host's processes and its zombies.
 func hostPids() (all, zombies int) {
 	ents, _ := os.ReadDir("/proc")
@@ -489,7 +523,7 @@ func killCount(col *fcol, all []string) (accepted, runs, results, dups, lost, re
 }
 
 func TestFaultKillInvoker1000(t *testing.T) {
-	n := 300
+	n := 1000
 	if v, err := strconv.Atoi(os.Getenv("ONEBOX_FAULT_KILL_N")); err == nil && v > 0 {
 		n = v
 	}
@@ -521,6 +555,7 @@ func TestFaultKillInvoker1000(t *testing.T) {
 		}
 		col.mu.Unlock()
 		l := s.invoker.logs()
+		os.WriteFile("/tmp/flt-invoker.log", []byte(l), 0o644)
 		t.Fatalf("not every run ended: %v; e.g. %v\ninvoker log tail:\n%s", states, missing, l[max(0, len(l)-4000):])
 	}
 	time.Sleep(2 * time.Second) // late duplicates, if any
@@ -702,6 +737,15 @@ func (p *dockerProxy) serve(c net.Conn) {
 	p.mu.Unlock()
 }
 
+func (p *dockerProxy) ensureUp(t *testing.T) {
+	p.mu.Lock()
+	up := p.ln != nil
+	p.mu.Unlock()
+	if !up {
+		p.up(t)
+	}
+}
+
 // down closes the listener (removing the socket) and every open connection.
 func (p *dockerProxy) down() {
 	p.mu.Lock()
@@ -718,7 +762,8 @@ func (p *dockerProxy) down() {
 func TestFaultEngineUnavailable(t *testing.T) {
 	px := newDockerProxy(t)
 	t.Setenv("DOCKER_HOST", "unix://"+px.path)
-	b := startBox(t, "  echo:\n    image: onebox/echo:latest\n", "")
+	b := startBox(t, "  echo:\n    image: onebox/echo:latest\n    concurrency: 4\n", "  concurrency: 4")
+	t.Cleanup(func() { px.ensureUp(t) }) // before startBox's cleanup, which asks the engine
 	col := collectAll(t, b.url())
 	if out, _, _ := b.invoke(t, nil, "echo", "before"); string(out) != "before" {
 		t.Fatalf("before the cut: %q", out)
@@ -727,7 +772,7 @@ func TestFaultEngineUnavailable(t *testing.T) {
 	all := ids("eng", 3)
 	col.publishAll(t, "echo", all, []byte("after"))
 	waiting := 0
-	eventually(t, 20*time.Second, "records saying engine unavailable", func() bool {
+	if !waitFor(30*time.Second, func() bool {
 		waiting = 0
 		for _, id := range all {
 			if s := col.stat(id); s.last.Reason == record.ReasonEngine && s.last.State == record.Queued {
@@ -735,7 +780,13 @@ func TestFaultEngineUnavailable(t *testing.T) {
 			}
 		}
 		return waiting == len(all)
-	})
+	}) {
+		for _, id := range all {
+			t.Logf("%s: %+v", id, col.stat(id).last)
+		}
+		l := b.logs()
+		t.Fatalf("no record says the engine is unavailable; log tail:\n%s", l[max(0, len(l)-3000):])
+	}
 	time.Sleep(3 * time.Second)
 	px.up(t)
 	eventually(t, 60*time.Second, "the waiting triggers to run", func() bool { return col.succeededOf(all) == 3 })
@@ -853,7 +904,9 @@ func TestFaultMisbehavingRuns(t *testing.T) {
 	hwm1 := procStatus(pid, "VmHWM")
 	logLine(t, "scenario=stdout-200MB state=%s stdout_bytes=%d truncated=%v result=%s onebox_VmHWM_before_kB=%d onebox_VmHWM_after_kB=%d",
 		s.last.State, s.last.StdoutBytes, s.last.Truncated, s.result, hwm0, hwm1)
-	if s.last.State != record.Succeeded || s.last.StdoutBytes != 200000000 || !s.last.Truncated || string(s.result) != "<1048576 bytes>" {
+	var resLen int
+	fmt.Sscanf(string(s.result), "<%d bytes>", &resLen)
+	if s.last.State != record.Succeeded || s.last.StdoutBytes != 200000000 || !s.last.Truncated || resLen > 1<<20 || resLen < 1<<20-100 {
 		t.Errorf("bigout: %+v result %s", s.last, s.result)
 	}
 	if hwm1 > 150*1024 {
@@ -875,19 +928,19 @@ func TestFaultMisbehavingRuns(t *testing.T) {
 	}
 
 	// A handler that forks and leaves children: host pids stay flat, no zombies.
-	nf := 200
-	if testing.Short() {
-		nf = 20
+	nf := 500
+	if v, err := strconv.Atoi(os.Getenv("ONEBOX_FAULT_FORK_N")); err == nil && v > 0 {
+		nf = v
 	}
-	runtime.GC()
 	p0, z0 := hostPids()
-	thr0 := procStatus(pid, "Threads")
+	thr0, fd0, c0 := procStatus(pid, "Threads"), fdCount(pid), childZombies(pid)
 	fl := ids("fork", nf)
 	col.publishAll(t, "forks", fl, nil)
 	eventually(t, 5*time.Minute, "every fork run", func() bool { return col.finalsOf(fl) == nf })
-	time.Sleep(2 * time.Second)
-	p1, z1 := hostPids()
-	thr1 := procStatus(pid, "Threads")
+	// The engine's exited shims are reaped by the host's init, not at once.
+	var p1, z1 int
+	waitFor(20*time.Second, func() bool { p1, z1 = hostPids(); return z1 <= z0+2 })
+	thr1, fd1, c1 := procStatus(pid, "Threads"), fdCount(pid), childZombies(pid)
 	zin, bad := 0, 0
 	for _, id := range fl {
 		st := col.stat(id)
@@ -898,10 +951,12 @@ func TestFaultMisbehavingRuns(t *testing.T) {
 			zin++
 		}
 	}
-	logLine(t, "scenario=forks runs=%d bad=%d runs_with_zombies_inside=%d host_pids_before=%d after=%d host_zombies_before=%d after=%d onebox_threads_before=%d after=%d",
-		nf, bad, zin, p0, p1, z0, z1, thr0, thr1)
-	if bad != 0 || zin != 0 || z1 > z0+2 || p1 > p0+20 {
-		t.Errorf("forks: bad=%d zombies inside=%d host zombies %d→%d pids %d→%d", bad, zin, z0, z1, p0, p1)
+	logLine(t, "scenario=forks runs=%d bad=%d runs_with_zombies_inside=%d onebox_zombie_children=%d→%d onebox_threads=%d→%d onebox_fds=%d→%d host_pids=%d→%d host_zombies=%d→%d",
+		nf, bad, zin, c0, c1, thr0, thr1, fd0, fd1, p0, p1, z0, z1)
+	// Host-wide counts move with whatever else runs on the box: printed, and only
+	// the onebox process's own numbers are held to flat.
+	if bad != 0 || zin != 0 || c1 > c0 || thr1 > thr0+4 || fd1 > fd0+10 {
+		t.Errorf("forks: bad=%d zombies inside=%d onebox zombie children %d→%d threads %d→%d fds %d→%d", bad, zin, c0, c1, thr0, thr1, fd0, fd1)
 	}
 
 	// A large payload to a handler that never reads stdin: no deadlock.
@@ -966,8 +1021,9 @@ func TestFaultSlowConsumer(t *testing.T) {
 	// Other clients still work.
 	out, _, _ := b.invoke(t, nil, "echo", "still")
 	dropped := strings.Count(b.logs(), "client too slow")
-	logLine(t, "scenario=slow-consumer runs=%d results_to_others=%d dropped_for_slow=%d echo_after=%q onebox_VmHWM_kB=%d in=%s",
-		n, got, dropped, out, procStatus(pid, "VmHWM"), time.Since(t0).Round(time.Second))
+	cut := strings.Count(b.logs(), "client does not read: disconnected")
+	logLine(t, "scenario=slow-consumer runs=%d results_to_others=%d slow_drop_logs=%d slow_disconnected=%d echo_after=%q onebox_VmHWM_kB=%d in=%s",
+		n, got, dropped, cut, out, procStatus(pid, "VmHWM"), time.Since(t0).Round(time.Second))
 	if got != n || string(out) != "still" {
 		t.Errorf("results %d/%d, echo %q", got, n, out)
 	}

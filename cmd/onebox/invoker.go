@@ -31,7 +31,7 @@ func startInvoker(ctx context.Context, o *config.Options) (*invoker.Service, err
 	user, pass := credsFor(acl.Invoker)
 	s, err := invoker.Start(ctx, invoker.Options{
 		Name: o.Invoker.Name, Runtime: rt, Concurrency: o.Invoker.Concurrency,
-		StdoutCap: int64(o.Invoker.StdoutCap), Grace: o.Invoker.Grace.D(),
+		StdoutCap: int64(o.Invoker.StdoutCap), MaxPacket: int64(o.Broker.MaxPacket), Grace: o.Invoker.Grace.D(),
 		DedupeCount: o.Invoker.DedupeCount, DedupeAge: o.Invoker.DedupeAge.D(), Logger: log, Observer: invMetrics.Observe,
 	}, invoker.MQTTOptions{URL: o.BrokerURL, Username: user, Password: pass, ShareGroup: o.Invoker.ShareGroup}, o.Handlers)
 	if err != nil {

@@ -2,7 +2,9 @@ package main
 
 import (
 	"bytes"
+	"net/http"
 	"os"
+	"os/exec"
 	"strings"
 	"testing"
 	"time"
@@ -109,5 +111,60 @@ users:
 	}
 	if _, err := connect("alice-1", "alice", "alice-pw"); err != nil {
 		t.Errorf("alice: %v", err)
+	}
+}
+
+// onebox up with users: anonymous clients are refused, a user runs what its
+// rules allow, and up's own parts (internal users) still take triggers, publish
+// results and serve HTTP. Without users, up says loudly that it is open.
+func TestE2EUsers(t *testing.T) {
+	h, _ := bcrypt.GenerateFromPassword([]byte("alice-pw"), bcrypt.MinCost)
+	users := "users:\n  alice: {password: \"" + string(h) + "\", publish: [\"trigger/hello/+\"], subscribe: [\"result/+\"]}\n"
+	b := startBox(t, "  hello:\n    image: onebox/hello:latest\n  echo:\n    image: onebox/echo:latest\n", users)
+	if strings.Contains(b.logs(), "no users configured") {
+		t.Errorf("a box with users warns that it is open")
+	}
+	mq := func(bin string, args ...string) (string, error) {
+		out, err := exec.Command(bin, append([]string{"-h", "127.0.0.1", "-p", b.port}, args...)...).CombinedOutput()
+		return string(out), err
+	}
+	if out, err := mq("mosquitto_pub", "-q", "1", "-t", "trigger/hello/anon1", "-m", "x"); err == nil {
+		t.Errorf("anonymous publish accepted: %q", out)
+	}
+	res := make(chan string, 1)
+	go func() {
+		out, _ := mq("mosquitto_sub", "-u", "alice", "-P", "alice-pw", "-C", "1", "-W", "30", "-t", "result/u1")
+		res <- out
+	}()
+	time.Sleep(500 * time.Millisecond)
+	if out, err := mq("mosquitto_pub", "-u", "alice", "-P", "alice-pw", "-q", "1", "-t", "trigger/hello/u1", "-m", "hi"); err != nil {
+		t.Fatalf("alice's trigger: %v %q", err, out)
+	}
+	if out := <-res; !strings.Contains(out, `"message":"hello"`) {
+		t.Errorf("alice's result: %q", out)
+	}
+	// A trigger alice may not publish: MQTT 5 gets 0x87, and nothing runs.
+	if out, _ := mq("mosquitto_pub", "-V", "5", "-u", "alice", "-P", "alice-pw", "-q", "1", "-t", "trigger/echo/u2", "-m", "no"); !strings.Contains(out, "Not authorized") {
+		t.Errorf("alice's denied trigger: %q", out)
+	}
+	resp, err := http.Get("http://" + b.http + "/run/echo")
+	if err != nil || resp.StatusCode != 200 {
+		t.Errorf("HTTP bridge through its internal user: %v %v", resp, err)
+	} else {
+		resp.Body.Close()
+	}
+	time.Sleep(500 * time.Millisecond)
+	for _, l := range strings.Split(b.logs(), "\n") {
+		if strings.Contains(l, "u2") && !strings.Contains(l, `msg="publish denied"`) {
+			t.Errorf("the denied trigger got past the broker: %s", l)
+		}
+	}
+	if strings.Contains(b.logs(), "alice-pw") {
+		t.Errorf("a password reached the log")
+	}
+
+	open := startBox(t, "  hello:\n    image: onebox/hello:latest\n", "")
+	if !strings.Contains(open.logs(), "no users configured: anyone who can reach mqtt://") || !strings.Contains(open.logs(), "can run containers; add users: to onebox.yaml") {
+		t.Errorf("an open box does not say so:\n%s", open.logs())
 	}
 }
