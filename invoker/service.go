@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"sync"
 	"time"
 
 	mqtt "github.com/eclipse/paho.mqtt.golang"
@@ -88,16 +89,24 @@ func Start(ctx context.Context, o Options, mo MQTTOptions, handlers map[string]*
 	s.Invoker.SetHandlers(handlers)
 
 	offline := state.Invoker{Invoker: o.Name, State: state.Offline}
+	ready := make(chan struct{})
+	var readyOnce sync.Once
 	s.client = mqttc.New(mqttc.Options{
 		URL: mo.URL, ClientID: mo.ClientID, Username: mo.Username, Password: mo.Password,
 		CleanSession: false, ManualAck: true, Logger: o.Logger,
 		Will:    &mqttc.Will{Topic: topics.InvokerState(o.Name), Payload: state.Marshal(offline), Retained: true},
 		Default: s.onMessage,
 		OnConnect: func(c mqtt.Client) {
-			c.SubscribeMultiple(Filters(mo.ShareGroup), s.onMessage)
+			sub := c.SubscribeMultiple(Filters(mo.ShareGroup), s.onMessage)
 			st.At = time.Now().UTC()
-			c.Publish(topics.InvokerState(o.Name), 1, true, state.Marshal(st))
+			online := c.Publish(topics.InvokerState(o.Name), 1, true, state.Marshal(st))
 			s.publishHandlers()
+			go func() {
+				// Start returns once the subscription and the online state are in.
+				sub.WaitTimeout(10 * time.Second)
+				online.WaitTimeout(10 * time.Second)
+				readyOnce.Do(func() { close(ready) })
+			}()
 		},
 	})
 	pub.c = s.client
@@ -119,6 +128,11 @@ wait:
 			s.client.Disconnect(0)
 			return nil, fmt.Errorf("invoker: %w at %s: %v (is the broker running? `onebox broker` or `onebox up` starts one)", mqttc.ErrConnect, mo.URL, ctx.Err())
 		}
+	}
+	select {
+	case <-ready:
+	case <-time.After(10 * time.Second):
+		log.Warn("the broker has not confirmed the trigger subscription yet", "broker", mo.URL)
 	}
 	log.Info("invoker ready", "name", o.Name, "broker", mo.URL, "engine", st.Engine, "platform", info.OS+"/"+info.Architecture, "concurrency", s.Invoker.o.Concurrency)
 	return s, nil
