@@ -79,7 +79,7 @@ func human(n int64) string {
 }
 
 func handlersBuildCmd() *cobra.Command {
-	var platform, output string
+	var platform, output, busybox string
 	c := &cobra.Command{
 		Use:   "build [name...]",
 		Short: "Build the demo handler images (no registry needed) and load them, or write them to a tar",
@@ -99,12 +99,24 @@ The Go toolchain must be installed where this runs.`,
 			}
 			log := logger()
 			ho := handlers.Options{Progress: cmd.ErrOrStderr(), Logger: log}
+			ho.Busybox = busybox
 			if platform != "" {
 				p, err := handlers.ParsePlatform(platform)
 				if err != nil {
 					return err
 				}
 				ho.Platform = p
+				if len(args) == 0 && busybox == "" && p != handlers.HostPlatform() {
+					// The shell handler needs a busybox for that platform: leave it
+					// out unless one is given, and say so.
+					names = []string{}
+					for _, n := range handlers.Names() {
+						if n != "shell" {
+							names = append(names, n)
+						}
+					}
+					fmt.Fprintf(cmd.ErrOrStderr(), "note: shell is left out for %s: give --busybox with a static busybox for it (Debian: busybox-static:armhf)\n", p)
+				}
 			}
 			start := time.Now()
 			if output != "" {
@@ -148,6 +160,7 @@ The Go toolchain must be installed where this runs.`,
 	}
 	c.Flags().StringVar(&platform, "platform", "", "build for this platform, e.g. linux/arm/v7 or linux/arm64 (default: the engine's)")
 	c.Flags().StringVarP(&output, "output", "o", "", "write a tar for `docker load -i` instead of loading into the engine")
+	c.Flags().StringVar(&busybox, "busybox", "", "static busybox binary for the shell handler and busybox base (default /bin/busybox, which must match --platform)")
 	c.Flags().StringVar(&runtimeHost, "runtime", "", "container engine socket (default: DOCKER_HOST or the Docker socket)")
 	return c
 }
