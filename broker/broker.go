@@ -94,6 +94,7 @@ type Broker struct {
 	invalid     atomic.Uint64 // trigger publishes refused or dropped
 	dupes       *dupes        // QoS 1 trigger resends (dupes.go)
 	slowDropped atomic.Uint64 // messages dropped for clients too slow to read (limits.go)
+	slowCut     atomic.Uint64 // clients disconnected for not reading (limits.go)
 	mu          sync.Mutex
 	listener    net.Listener // TCP; with tlsLn and wsLn: the bound addresses
 	tlsLn       net.Listener
@@ -251,6 +252,12 @@ func (b *Broker) InvalidTriggers() uint64 {
 // (a client that reads too slowly or not at all).
 func (b *Broker) SlowDropped() uint64 {
 	return b.slowDropped.Load()
+}
+
+// SlowDisconnected counts the clients disconnected because a write to them did
+// not finish within 30 s (they stopped reading).
+func (b *Broker) SlowDisconnected() uint64 {
+	return b.slowCut.Load()
 }
 
 // Close disconnects every client, stops listening and closes the data file. It

@@ -3,6 +3,7 @@ package broker
 import (
 	"bytes"
 	"errors"
+	"net"
 	"sync"
 	"time"
 
@@ -10,15 +11,13 @@ import (
 	"github.com/mochi-mqtt/server/v2/packets"
 )
 
-// writeTimeout bounds one write to a client. mochi sets no write deadline, so a
-// client that stops reading (its TCP window full) blocks its writer forever and,
-// with keepalive 0, is never dropped: its queue (up to writesPending messages,
-// each up to max_packet bytes) stays in memory. With the deadline the write
-// fails, and at the next packet for it the client is disconnected.
-const writeTimeout = 30 * time.Second
-
-// errSlowClient ends the connection of a client that does not read.
-var errSlowClient = errors.New("client does not read: write timed out")
+// writeTimeout bounds one write to a client. mochi's only write deadline is the
+// keepalive one (none with keepalive 0), so a client that stops reading (its
+// TCP window full) blocked its writer for good and, with keepalive 0, was never
+// dropped: its queue (up to writesPending messages, each up to max_packet bytes)
+// stayed in memory. A write that does not finish within writeTimeout now closes
+// the connection.
+var writeTimeout = 30 * time.Second // a variable for tests
 
 // limitsHook reports what the size limit did, counts messages dropped for slow
 // clients and disconnects clients that stop reading. The size limit itself is
@@ -35,20 +34,18 @@ type limitsHook struct {
 	b *Broker
 
 	mu      sync.Mutex
-	writing map[*mqtt.Client]time.Time // start of the oldest write not yet confirmed
-	dropped map[*mqtt.Client]uint64    // messages dropped for a slow client
+	dropped map[*mqtt.Client]uint64 // messages dropped for a slow client
 }
 
 func (h *limitsHook) ID() string { return "onebox-limits" }
 
 func (h *limitsHook) Provides(b byte) bool {
-	return bytes.Contains([]byte{mqtt.OnDisconnect, mqtt.OnPublishDropped, mqtt.OnPacketEncode, mqtt.OnPacketSent}, []byte{b})
+	return bytes.Contains([]byte{mqtt.OnConnect, mqtt.OnDisconnect, mqtt.OnPublishDropped}, []byte{b})
 }
 
 func (h *limitsHook) OnDisconnect(cl *mqtt.Client, err error, expire bool) {
 	h.mu.Lock()
 	n := h.dropped[cl]
-	delete(h.writing, cl)
 	delete(h.dropped, cl)
 	h.mu.Unlock()
 	if n > 0 {
@@ -79,33 +76,32 @@ func (h *limitsHook) OnPublishDropped(cl *mqtt.Client, pk packets.Packet) {
 	}
 }
 
-// OnPacketEncode runs before each write to cl: it sets the write deadline, and
-// disconnects cl when an earlier write has not completed within writeTimeout.
-func (h *limitsHook) OnPacketEncode(cl *mqtt.Client, pk packets.Packet) packets.Packet {
-	if cl.Net.Conn == nil || cl.Closed() {
-		return pk
+// OnConnect puts a write deadline on the client's connection (see writeTimeout).
+func (h *limitsHook) OnConnect(cl *mqtt.Client, _ packets.Packet) error {
+	if cl.Net.Conn != nil && !cl.Net.Inline {
+		cl.Net.Conn = &deadlineConn{Conn: cl.Net.Conn, h: h, cl: cl}
 	}
-	now := time.Now()
-	h.mu.Lock()
-	if h.writing == nil {
-		h.writing = map[*mqtt.Client]time.Time{}
-	}
-	since, pending := h.writing[cl]
-	if !pending {
-		h.writing[cl] = now
-	}
-	h.mu.Unlock()
-	if pending && now.Sub(since) > writeTimeout {
-		h.b.log.Warn("client does not read: disconnected", "client", cl.ID, "remote", cl.Net.Remote, "write_timeout", writeTimeout)
-		cl.Stop(errSlowClient)
-		return pk
-	}
-	_ = cl.Net.Conn.SetWriteDeadline(now.Add(writeTimeout))
-	return pk
+	return nil
 }
 
-func (h *limitsHook) OnPacketSent(cl *mqtt.Client, _ packets.Packet, _ []byte) {
-	h.mu.Lock()
-	delete(h.writing, cl)
-	h.mu.Unlock()
+// deadlineConn bounds each write to a client by writeTimeout; a write that times
+// out (the client stopped reading) closes the connection, so the client is
+// disconnected and what was queued for it is released. A torn write leaves the
+// stream unusable anyway.
+type deadlineConn struct {
+	net.Conn
+	h  *limitsHook
+	cl *mqtt.Client
+}
+
+func (c *deadlineConn) Write(p []byte) (int, error) {
+	_ = c.Conn.SetWriteDeadline(time.Now().Add(writeTimeout))
+	n, err := c.Conn.Write(p)
+	var ne net.Error
+	if err != nil && errors.As(err, &ne) && ne.Timeout() {
+		c.h.b.slowCut.Add(1)
+		c.h.b.log.Warn("client does not read: disconnected", "client", c.cl.ID, "remote", c.cl.Net.Remote, "write_timeout", writeTimeout)
+		_ = c.Conn.Close()
+	}
+	return n, err
 }

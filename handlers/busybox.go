@@ -167,3 +167,25 @@ func appletName(s []byte) bool {
 	}
 	return true
 }
+
+// CheckBusybox reports why the busybox base (and so the shell handler) cannot be
+// built for o's platform: no busybox file, or one that is not static or is for
+// another machine. nil means it can.
+func CheckBusybox(o Options) error {
+	p, err := o.platform()
+	if err != nil {
+		return err
+	}
+	file := o.Busybox
+	if file == "" {
+		file = DefaultBusybox
+	}
+	bin, err := os.ReadFile(file)
+	if err != nil {
+		if errors.Is(err, os.ErrNotExist) {
+			return fmt.Errorf("no busybox at %s: install Debian's busybox-static (apt-get install busybox-static)", file)
+		}
+		return fmt.Errorf("busybox: %w", err)
+	}
+	return checkStaticFor(file, bin, p)
+}

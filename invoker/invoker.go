@@ -557,6 +557,13 @@ func (iv *Invoker) Shutdown(ctx context.Context) error {
 	}
 	done := make(chan struct{})
 	go func() { iv.wg.Wait(); close(done) }()
+	iv.mu.Lock()
+	running := iv.running
+	iv.mu.Unlock()
+	if running > 0 {
+		dl, _ := ctx.Deadline()
+		iv.log.Info("waiting for runs in flight to finish before stopping them", "running", running, "until", dl.Format(time.TimeOnly))
+	}
 	select {
 	case <-done:
 		return nil

@@ -213,8 +213,24 @@ func New(o Options) (*Bridge, error) {
 	if o.BrokerURL == "" {
 		return nil, errors.New("cron bridge: no broker URL")
 	}
-	b := &Bridge{o: o, log: o.Logger.With("bridge", "cron"), clock: o.Clock, waiter: runwait.New()}
-	for i, c := range o.Entries {
+	entries, err := parseEntries(o.Entries, o.Clock.Now())
+	if err != nil {
+		return nil, err
+	}
+	return &Bridge{o: o, log: o.Logger.With("bridge", "cron"), clock: o.Clock, waiter: runwait.New(), entries: entries}, nil
+}
+
+// Check reports the first entry that cannot run (a bad schedule, handler name or
+// overlap), naming the entry and the field: config loading calls it, so a typo
+// is found before anything starts.
+func Check(entries []config.CronEntry) error {
+	_, err := parseEntries(entries, time.Now())
+	return err
+}
+
+func parseEntries(cfg []config.CronEntry, now time.Time) ([]*entry, error) {
+	var out []*entry
+	for i, c := range cfg {
 		name := c.Name
 		if name == "" {
 			name = fmt.Sprintf("%s#%d", c.Handler, i)
@@ -236,12 +252,12 @@ func New(o Options) (*Bridge, error) {
 		if ss, ok := s.(*cron.SpecSchedule); ok && ss.Location != time.Local {
 			e.zone = ss.Location
 		}
-		if s.Next(o.Clock.Now()).IsZero() {
+		if s.Next(now).IsZero() {
 			return nil, fmt.Errorf("%s: schedule %q never fires", where, c.Schedule)
 		}
-		b.entries = append(b.entries, e)
+		out = append(out, e)
 	}
-	return b, nil
+	return out, nil
 }
 
 // Start connects (retrying in the background while the broker is away), logs

@@ -213,7 +213,7 @@ func (b *Bridge) Start(ctx context.Context) error {
 	go b.rescanLoop()
 	b.recoverProcessing()
 	b.requestRescan("start")
-	b.log.Info("file bridge watching", "inbox", b.inbox, "folders", len(b.extra), "broker", b.o.BrokerURL)
+	b.log.Info("file bridge watching", "inbox", b.inbox, "extra_folders", len(b.extra), "broker", b.o.BrokerURL)
 	return nil
 }
 

@@ -202,7 +202,11 @@ func respond(w http.ResponseWriter, id string, a runwait.Answer) int {
 		h.Set("X-Onebox-Truncated", "true")
 	}
 	why := r.Reason
-	if r.Error != "" {
+	switch {
+	case r.Error == "":
+	case strings.HasPrefix(r.Error, r.Reason):
+		why = r.Error // the error already starts with the reason
+	default:
 		why += ": " + r.Error
 	}
 	switch r.State {

@@ -622,6 +622,7 @@ func TestFaultRetainedTriggerThreeRestarts(t *testing.T) {
 	col := collectAll(t, b.url())
 	b.pub(t, "-r", "-q", "1", "-t", "trigger/echo/ret3", "-m", "kept")
 	eventually(t, 30*time.Second, "the retained trigger's run", func() bool { return col.stat("ret3").finals == 1 })
+	runs, reruns := col.stat("ret3").running, 0
 	for i := 0; i < 3; i++ {
 		b.stop()
 		b.start()
@@ -629,11 +630,12 @@ func TestFaultRetainedTriggerThreeRestarts(t *testing.T) {
 		if out, _, _ := b.invoke(t, nil, "echo", "alive"); string(out) != "alive" {
 			t.Fatalf("restart %d: %q", i, out)
 		}
-		if n := col.stat("ret3").running; n != 0 {
-			t.Fatalf("restart %d: the retained trigger ran again", i)
-		}
+		reruns += col.stat("ret3").running
 	}
-	logLine(t, "scenario=retained-3-restarts runs=1 reruns=0")
+	logLine(t, "scenario=retained-3-restarts runs=%d reruns=%d", runs, reruns)
+	if runs != 1 || reruns != 0 {
+		t.Errorf("the retained trigger ran %d times, then %d times after restarts", runs, reruns)
+	}
 	b.pub(t, "-r", "-n", "-t", "trigger/echo/ret3")
 }
 

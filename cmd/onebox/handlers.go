@@ -159,7 +159,7 @@ The Go toolchain must be installed where this runs.`,
 		},
 	}
 	c.Flags().StringVar(&platform, "platform", "", "build for this platform, e.g. linux/arm/v7 or linux/arm64 (default: the engine's)")
-	c.Flags().StringVarP(&output, "output", "o", "", "write a tar for `docker load -i` instead of loading into the engine")
+	c.Flags().StringVarP(&output, "output", "o", "", "write the images to this tar file (for docker load -i) instead of loading them")
 	c.Flags().StringVar(&busybox, "busybox", "", "static busybox binary for the shell handler and busybox base (default /bin/busybox, which must match --platform)")
 	c.Flags().StringVar(&runtimeHost, "runtime", "", "container engine socket (default: DOCKER_HOST or the Docker socket)")
 	return c

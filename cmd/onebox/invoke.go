@@ -119,7 +119,7 @@ func invokeOnce(ctx context.Context, url, handler, id string, payload []byte, ti
 	cctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 	defer cancel()
 	c, err := mqttc.Connect(cctx, mqttc.Options{
-		URL: url, ClientID: "onebox-invoke-" + randHex(6), Username: g.username, Password: g.password, CleanSession: true,
+		URL: url, ClientID: "onebox-invoke-" + randHex(6), Username: g.username, Password: g.password, CleanSession: true, FailFast: true,
 		OnConnect: func(c mqtt.Client) {
 			// Only this run's topics: a client need not see every result.
 			t := c.SubscribeMultiple(map[string]byte{topics.Result(id): 1, topics.Status(id): 1}, w.Handle)

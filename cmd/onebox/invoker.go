@@ -65,7 +65,7 @@ func invokerCmd() *cobra.Command {
 				return err
 			}
 			if o.Path != "" {
-				config.Watch(ctx, o.Path, logger(), func(n *config.Options) { s.Reload(n.Handlers) })
+				config.Watch(ctx, o.Path, logger(), reloadable(o, func(n *config.Options) { s.Reload(n.Handlers) }))
 			}
 			<-ctx.Done()
 			stopInvoker(s)

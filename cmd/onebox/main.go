@@ -11,11 +11,13 @@ import (
 	"log/slog"
 	"os"
 	"os/signal"
+	"reflect"
 	"strings"
 	"syscall"
 
 	"github.com/spf13/cobra"
 
+	cronbridge "github.com/onebox-dev/onebox/bridges/cron"
 	"github.com/onebox-dev/onebox/internal/config"
 )
 
@@ -140,7 +142,38 @@ func loadOptions(cmd *cobra.Command) (*config.Options, error) {
 	if err := o.Validate(); err != nil {
 		return nil, err
 	}
+	if err := cronbridge.Check(o.Cron); err != nil {
+		return nil, fmt.Errorf("%s: %w", configName(o), err)
+	}
 	return o, nil
+}
+
+func configName(o *config.Options) string {
+	if o.Path == "" {
+		return "config"
+	}
+	return o.Path
+}
+
+// reloadable applies a changed config file to a running invoker, and says what
+// needs a restart instead.
+func reloadable(old *config.Options, apply func(*config.Options)) func(*config.Options) {
+	return func(n *config.Options) {
+		log := logger()
+		if err := cronbridge.Check(n.Cron); err != nil {
+			log.Error("config not reloaded: the running config stays", "file", n.Path, "err", err)
+			return
+		}
+		if !reflect.DeepEqual(old.Cron, n.Cron) {
+			log.Warn("cron entries changed: they apply at the next start (handlers apply now)", "file", n.Path)
+		}
+		for _, c := range n.Cron {
+			if n.Handlers[c.Handler] == nil {
+				log.Warn("cron entry names a handler that is not configured: its ticks will be rejected", "entry", c.Name, "handler", c.Handler)
+			}
+		}
+		apply(n)
+	}
 }
 
 // listenOff reports whether a listen address means "do not listen".

@@ -70,6 +70,15 @@ func ensureDemoImages(ctx context.Context, rt *docker.Runtime, o *config.Options
 		return nil
 	}
 	sort.Strings(missing)
+	if i := sort.SearchStrings(missing, "shell"); i < len(missing) && missing[i] == "shell" {
+		if err := handlers.CheckBusybox(handlers.Options{Platform: enginePlatform(info)}); err != nil {
+			fmt.Fprintf(progress, "onebox: leaving the shell handler out: %v\n", err)
+			missing = append(missing[:i], missing[i+1:]...)
+			if len(missing) == 0 {
+				return nil
+			}
+		}
+	}
 	fmt.Fprintf(progress, "onebox: building the demo handler images that are missing: %s\n", strings.Join(missing, ", "))
 	_, err = handlers.Build(ctx, rt.Client(), missing, handlers.Options{Platform: enginePlatform(info), Progress: progress, Logger: log})
 	if err != nil {

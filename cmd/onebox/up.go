@@ -61,7 +61,12 @@ the next trigger runs the new one.`,
 				return err
 			}
 			if o.Path != "" {
-				config.Watch(ctx, o.Path, log, func(n *config.Options) { inv.Reload(n.Handlers) })
+				config.Watch(ctx, o.Path, log, reloadable(o, func(n *config.Options) { inv.Reload(n.Handlers) }))
+			}
+			for _, c := range o.Cron {
+				if o.Handlers[c.Handler] == nil {
+					log.Warn("cron entry names a handler that is not configured: its ticks will be rejected", "entry", c.Name, "handler", c.Handler)
+				}
 			}
 			banner(os.Stderr, o, b.Addr(), br)
 			<-ctx.Done()
@@ -94,12 +99,22 @@ func banner(w io.Writer, o *config.Options, brokerAddr string, br *bridges) {
 	if port != "1883" {
 		pflag = " -p " + port
 	}
+	ex := "hello"
+	if o.Handlers["echo"] != nil {
+		ex = "echo"
+	} else if len(names) > 0 && o.Handlers["hello"] == nil {
+		ex = names[0]
+	}
 	fmt.Fprintf(w, "\nonebox is up (%s): MQTT on %s, handlers: %s\n", src, brokerAddr, strings.Join(names, ", "))
 	fmt.Fprintf(w, "  watch:    mosquitto_sub -h %s%s -v -t 'result/#' -t 'status/#'\n", host, pflag)
-	fmt.Fprintf(w, "  trigger:  mosquitto_pub -h %s%s -t trigger/hello -m hi\n", host, pflag)
-	fmt.Fprintf(w, "  invoke:   onebox invoke echo 'hello there'\n")
+	fmt.Fprintf(w, "  trigger:  mosquitto_pub -h %s%s -t trigger/%s -m hi\n", host, pflag, map[bool]string{true: "hello", false: ex}[o.Handlers["hello"] != nil])
+	bflag := ""
+	if o.BrokerURL != config.URLFor(config.DefaultBrokerListen) {
+		bflag = " --broker-url " + o.BrokerURL
+	}
+	fmt.Fprintf(w, "  invoke:   onebox invoke%s %s 'hello there'\n", bflag, ex)
 	if br != nil && br.httpAddr != "" {
-		fmt.Fprintf(w, "  http:     curl http://localhost:%s/run/hello\n", br.httpAddr[strings.LastIndex(br.httpAddr, ":")+1:])
+		fmt.Fprintf(w, "  http:     curl http://localhost:%s/run/%s\n", br.httpAddr[strings.LastIndex(br.httpAddr, ":")+1:], ex)
 	}
 	if br != nil && br.inbox != "" {
 		rel := br.inbox
@@ -108,7 +123,7 @@ func banner(w io.Writer, o *config.Options, brokerAddr string, br *bridges) {
 				rel = r
 			}
 		}
-		fmt.Fprintf(w, "  file:     cp README.md %s/echo/   (the result lands in %s)\n", rel, filepath.Join(filepath.Dir(rel), "done", "echo"))
+		fmt.Fprintf(w, "  file:     cp README.md %s/%s/   (the result lands in %s)\n", rel, ex, filepath.Join(filepath.Dir(rel), "done", ex))
 	}
 	fmt.Fprintln(w, "  stop:     Ctrl-C")
 	fmt.Fprintln(w)

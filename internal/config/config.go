@@ -10,6 +10,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"regexp"
 	"runtime"
 	"sort"
 	"strconv"
@@ -346,7 +347,7 @@ func Parse(b []byte) (*Options, error) {
 		dec := yaml.NewDecoder(bytes.NewReader(b))
 		dec.KnownFields(true)
 		if err := dec.Decode(o); err != nil {
-			return nil, fmt.Errorf("%w: %s", ErrConfig, strings.TrimPrefix(err.Error(), "yaml: "))
+			return nil, fmt.Errorf("%w: %s", ErrConfig, yamlMessage(err))
 		}
 	}
 	o.ApplyDefaults()
@@ -354,6 +355,25 @@ func Parse(b []byte) (*Options, error) {
 		return nil, err
 	}
 	return o, nil
+}
+
+var fieldNotFound = regexp.MustCompile(`field (\S+) not found in type config\.(\w+)`)
+
+// yamlMessage turns the YAML decoder's wording into the user's: "line 4: unknown
+// key "imagee" in a handler" rather than Go type names.
+func yamlMessage(err error) string {
+	m := strings.TrimPrefix(err.Error(), "yaml: ")
+	m = strings.TrimPrefix(m, "unmarshal errors:\n")
+	m = fieldNotFound.ReplaceAllStringFunc(m, func(x string) string {
+		sub := fieldNotFound.FindStringSubmatch(x)
+		where := map[string]string{"Options": "at the top level", "Handler": "in a handler", "Broker": "under broker:",
+			"Invoker": "under invoker:", "HTTP": "under http:", "File": "under file:", "CronEntry": "in a cron entry"}[sub[2]]
+		if where == "" {
+			where = "under " + strings.ToLower(sub[2]) + ":"
+		}
+		return fmt.Sprintf("unknown key %q %s (see deploy/onebox.example.yaml for every key)", sub[1], where)
+	})
+	return strings.TrimSpace(strings.ReplaceAll(m, "\n  ", "; "))
 }
 
 // resolvePaths makes relative host paths in mounts and the inbox relative to the

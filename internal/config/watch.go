@@ -1,8 +1,10 @@
 package config
 
 import (
+	"bytes"
 	"context"
 	"log/slog"
+	"os"
 	"path/filepath"
 	"time"
 
@@ -23,6 +25,7 @@ func Watch(ctx context.Context, path string, log *slog.Logger, apply func(*Optio
 		w.Close()
 		return err
 	}
+	last, _ := os.ReadFile(path)
 	go func() {
 		defer w.Close()
 		var timer *time.Timer
@@ -49,6 +52,11 @@ func Watch(ctx context.Context, path string, log *slog.Logger, apply func(*Optio
 					}
 				})
 			case <-fire:
+				now, err := os.ReadFile(path)
+				if err == nil && bytes.Equal(now, last) {
+					continue // an editor's second write of the same content
+				}
+				last = now
 				o, err := Load(path)
 				if err != nil {
 					log.Error("config not reloaded: the running config stays", "file", path, "err", err)

@@ -36,6 +36,9 @@ type Options struct {
 	// ManualAck: the message handler calls Message.Ack() itself once the message
 	// is safely held (QoS 1 is acknowledged only then).
 	ManualAck bool
+	// FailFast makes the first connection attempt the only one: a client that
+	// asks one question (onebox invoke) says at once that no broker answers.
+	FailFast bool
 	// Default handles messages that match no subscription made by this process,
 	// such as those a persistent session delivers right after it connects.
 	Default mqtt.MessageHandler
@@ -76,7 +79,7 @@ func New(o Options) mqtt.Client {
 		SetConnectTimeout(5 * time.Second).
 		SetWriteTimeout(10 * time.Second).
 		SetAutoReconnect(true).
-		SetConnectRetry(true).
+		SetConnectRetry(!o.FailFast).
 		SetConnectRetryInterval(500 * time.Millisecond).
 		SetMaxReconnectInterval(5 * time.Second).
 		SetOrderMatters(false).
@@ -108,7 +111,7 @@ func Connect(ctx context.Context, o Options) (mqtt.Client, error) {
 	select {
 	case <-tok.Done():
 		if err := tok.Error(); err != nil {
-			return c, fmt.Errorf("%w at %s: %v", ErrConnect, o.URL, err)
+			return c, fmt.Errorf("%w at %s: %v (is it running? `onebox up` or `onebox broker` starts one; --broker-url points elsewhere)", ErrConnect, o.URL, err)
 		}
 		return c, nil
 	case <-ctx.Done():

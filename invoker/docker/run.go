@@ -172,8 +172,14 @@ func (r *Runtime) Run(ctx context.Context, spec container.Spec, started func(sta
 	} else if ci.ContainerJSONBase != nil && ci.State != nil {
 		res.ExitCode = ci.State.ExitCode
 		res.OOMKilled = ci.State.OOMKilled
-		if t, err := time.Parse(time.RFC3339Nano, ci.State.FinishedAt); err == nil && !t.IsZero() && t.Year() > 1 {
-			res.FinishedAt = t
+		// Both ends from the engine's clock, so the duration is never negative
+		// (the host's clock read after start can be later than a fast exit).
+		st, err1 := time.Parse(time.RFC3339Nano, ci.State.StartedAt)
+		ft, err2 := time.Parse(time.RFC3339Nano, ci.State.FinishedAt)
+		if err1 == nil && err2 == nil && st.Year() > 1 && ft.Year() > 1 && !ft.Before(st) {
+			res.StartedAt, res.FinishedAt = st, ft
+		} else if res.FinishedAt.Before(res.StartedAt) {
+			res.FinishedAt = res.StartedAt
 		}
 	}
 	log.Debug("finished", "exit_code", res.ExitCode, "oom", res.OOMKilled, "timed_out", res.TimedOut,
