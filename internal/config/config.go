@@ -239,7 +239,9 @@ func (o *Options) ApplyDefaults() {
 		o.Handlers = map[string]*Handler{}
 	}
 	for _, h := range o.Handlers {
-		h.applyDefaults()
+		if h != nil { // an empty entry ("hello:") is reported by Validate
+			h.applyDefaults()
+		}
 	}
 	for i := range o.Cron {
 		if o.Cron[i].Overlap == "" {
@@ -390,6 +392,9 @@ func (o *Options) resolvePaths(dir string) {
 		o.Broker.DataDir = abs(o.Broker.DataDir)
 	}
 	for _, h := range o.Handlers {
+		if h == nil {
+			continue
+		}
 		for i, m := range h.Mounts {
 			if src, rest, ok := strings.Cut(m, ":"); ok && !filepath.IsAbs(src) {
 				h.Mounts[i] = abs(src) + ":" + rest

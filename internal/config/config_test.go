@@ -65,6 +65,8 @@ func TestStrictErrorsNameTheLine(t *testing.T) {
 		{"handlers:\n  hello:\n    timeout: 1s\n", "image is missing"},
 		{"handlers:\n  hello:\n    image: x\n    mounts: [\"nocolon\"]\n", "host-path:/container-path"},
 		{"cron:\n  - schedule: '@every 1s'\n    handler: Bad\n", "cron entry 1"},
+		{"handlers:\n 00000000:", "is empty"}, // found by FuzzParse: a handler with no body
+		{"handlers:\n  hello:\n", "is empty"},
 	}
 	for _, c := range cases {
 		_, err := Parse([]byte(c.yaml))
