@@ -68,7 +68,7 @@ func Start(ctx context.Context, o Options, mo MQTTOptions, handlers map[string]*
 	log := o.Logger.With("part", "invoker")
 	info, err := o.Runtime.Info(ctx)
 	if err != nil {
-		return nil, fmt.Errorf("invoker: %w (is Docker running? `docker info` must answer; set DOCKER_HOST for another socket, e.g. Podman's)", err)
+		return nil, fmt.Errorf("invoker: %w", err)
 	}
 	st := state.Invoker{Invoker: o.Name, State: state.Online, Engine: info.Name + " " + info.Version, MemoryLimit: &info.MemoryLimit}
 	if !info.MemoryLimit {

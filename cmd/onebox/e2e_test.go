@@ -12,8 +12,10 @@ import (
 	"crypto/rand"
 	"crypto/sha256"
 	"encoding/hex"
+	"errors"
 	"fmt"
 	"io"
+	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -629,5 +631,48 @@ func TestE2EGracefulShutdownStopsRuns(t *testing.T) {
 	}
 	if n := labelled(t, b.name); n != 0 {
 		t.Fatalf("%d containers left after shutdown", n)
+	}
+}
+
+// An engine socket that is not there (Podman's service not started, Docker not
+// installed): every command that needs the engine stops at once with an error that
+// names the socket and says what to start, and `up` starts nothing.
+func TestE2EEngineSocketAbsent(t *testing.T) {
+	setup(t)
+	dir := t.TempDir()
+	sock := "unix://" + filepath.Join(dir, "podman.sock")
+	mq, _ := freePort()
+	for _, args := range [][]string{
+		{"up", "--broker-listen", mq, "--http-listen", "127.0.0.1:0", "--no-build"},
+		{"invoker", "--broker-url", "tcp://" + mq},
+		{"handlers"},
+		{"handlers", "build"},
+	} {
+		t.Run(strings.Join(args, " "), func(t *testing.T) {
+			ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+			defer cancel()
+			cmd := exec.CommandContext(ctx, bin, append(args, "--runtime", sock)...)
+			cmd.Dir = dir
+			var stderr bytes.Buffer
+			cmd.Stderr = &stderr
+			err := cmd.Run()
+			var ee *exec.ExitError
+			if !errors.As(err, &ee) || ee.ExitCode() != 1 || ctx.Err() != nil {
+				t.Fatalf("exit %v (ctx %v), want exit status 1\n%s", err, ctx.Err(), stderr.String())
+			}
+			for _, want := range []string{"container engine unavailable at " + sock, "docker info", "podman.socket"} {
+				if !strings.Contains(stderr.String(), want) {
+					t.Errorf("stderr lacks %q:\n%s", want, stderr.String())
+				}
+			}
+		})
+	}
+	// Nothing listens: up stopped before starting its broker.
+	if c, err := net.DialTimeout("tcp", mq, time.Second); err == nil {
+		c.Close()
+		t.Errorf("something listens on %s after up failed", mq)
+	}
+	if _, err := os.Stat(filepath.Join(dir, "inbox")); err == nil {
+		t.Errorf("up created ./inbox although it could not start")
 	}
 }

@@ -64,6 +64,7 @@ func handlersCmd() *cobra.Command {
 			return tw.Flush()
 		},
 	}
+	c.Flags().StringVar(&runtimeHost, "runtime", "", "container engine socket (default: DOCKER_HOST or the Docker socket)")
 	c.AddCommand(handlersBuildCmd())
 	return c
 }

@@ -19,6 +19,7 @@ import (
 
 	cronbridge "github.com/onebox-dev/onebox/bridges/cron"
 	"github.com/onebox-dev/onebox/internal/config"
+	"github.com/onebox-dev/onebox/invoker/container"
 )
 
 // globals are the flags every subcommand shares.
@@ -62,9 +63,20 @@ Start everything with the embedded defaults:  onebox up`,
 		os.Exit(int(ec))
 	}
 	if err != nil {
-		fmt.Fprintln(os.Stderr, "onebox:", err)
+		fmt.Fprintln(os.Stderr, "onebox:", withHint(err))
 		os.Exit(1)
 	}
+}
+
+// engineHint says what to do when the container engine does not answer.
+const engineHint = "onebox runs handlers in containers: start Docker (check that `docker info` answers), or point --runtime (or DOCKER_HOST) at Podman's socket, e.g. --runtime unix:///run/podman/podman.sock after `systemctl start podman.socket`"
+
+// withHint adds what to do to errors that lack it.
+func withHint(err error) error {
+	if errors.Is(err, container.ErrEngineUnavailable) {
+		return fmt.Errorf("%w\n%s", err, engineHint)
+	}
+	return err
 }
 
 // exitCode is returned by a command that wants a specific exit status.

@@ -144,7 +144,7 @@ func TestE2EUsers(t *testing.T) {
 		t.Errorf("alice's result: %q", out)
 	}
 	// A trigger alice may not publish: MQTT 5 gets 0x87, and nothing runs.
-	if out, _ := mq("mosquitto_pub", "-V", "5", "-u", "alice", "-P", "alice-pw", "-q", "1", "-t", "trigger/echo/u2", "-m", "no"); !strings.Contains(out, "Not authorized") {
+	if out, _ := mq("mosquitto_pub", "-V", "5", "-u", "alice", "-P", "alice-pw", "-q", "1", "-t", "trigger/echo/Denied-U2", "-m", "no"); !strings.Contains(out, "Not authorized") {
 		t.Errorf("alice's denied trigger: %q", out)
 	}
 	resp, err := http.Get("http://" + b.http + "/run/echo")
@@ -154,10 +154,18 @@ func TestE2EUsers(t *testing.T) {
 		resp.Body.Close()
 	}
 	time.Sleep(500 * time.Millisecond)
+	denied := 0
 	for _, l := range strings.Split(b.logs(), "\n") {
-		if strings.Contains(l, "u2") && !strings.Contains(l, `msg="publish denied"`) {
+		if !strings.Contains(l, "Denied-U2") {
+			continue
+		}
+		if !strings.Contains(l, `msg="publish denied"`) {
 			t.Errorf("the denied trigger got past the broker: %s", l)
 		}
+		denied++
+	}
+	if denied == 0 {
+		t.Errorf("no \"publish denied\" line names trigger/echo/Denied-U2:\n%s", b.logs())
 	}
 	if strings.Contains(b.logs(), "alice-pw") {
 		t.Errorf("a password reached the log")

@@ -37,7 +37,7 @@ the next trigger runs the new one.`,
 				return err
 			}
 			if _, err := rt.Info(ctx); err != nil {
-				return fmt.Errorf("%w: onebox runs handlers in containers; start Docker (or Podman's socket with --runtime) and check that `docker info` answers", err)
+				return err
 			}
 			if !noBuild {
 				if err := ensureDemoImages(ctx, rt, o, os.Stderr, log); err != nil {
