@@ -14,8 +14,34 @@ import (
 	"time"
 
 	"github.com/gorilla/websocket"
+	mqtt "github.com/mochi-mqtt/server/v2"
 	"github.com/mochi-mqtt/server/v2/listeners"
+	"github.com/mochi-mqtt/server/v2/packets"
 )
+
+// closeSafeNet is mochi's TCP listener with a shutdown that cannot deadlock.
+// mochi v2.7.9 disconnects a listener's clients on Close through
+// Clients.GetByListener, which takes the clients' read lock twice (it calls
+// Len under its own RLock): a client leaving at that moment (Clients.Delete,
+// waiting for the write lock) blocks the second RLock, and Close hangs forever.
+// closeSafeNet takes one snapshot (GetAll, one RLock) instead.
+type closeSafeNet struct {
+	*listeners.Net
+	srv *mqtt.Server
+}
+
+func (l closeSafeNet) Close(listeners.CloseFn) {
+	l.Net.Close(func(id string) { disconnectListenerClients(l.srv, id) })
+}
+
+// disconnectListenerClients disconnects every open client of listener id.
+func disconnectListenerClients(srv *mqtt.Server, id string) {
+	for _, cl := range srv.Clients.GetAll() {
+		if cl.Net.Listener == id && !cl.Closed() {
+			_ = srv.DisconnectClient(cl, packets.ErrServerShuttingDown)
+		}
+	}
+}
 
 // connectTimeout is how long a new connection may take to send its CONNECT
 // (TLS and WebSocket handshakes included). mochi itself waits forever, so a
@@ -244,7 +270,7 @@ func (b *Broker) listenAll() (err error) {
 		opened = append(opened, wsLn)
 	}
 	add := func(id string, l net.Listener) error {
-		if err := b.srv.AddListener(listeners.NewNet(id, l)); err != nil {
+		if err := b.srv.AddListener(closeSafeNet{Net: listeners.NewNet(id, l), srv: b.srv}); err != nil {
 			return fmt.Errorf("%w: %s: %v", ErrListen, id, err)
 		}
 		return nil

@@ -37,7 +37,7 @@ SKIP=${ARM_SKIP-}
 echo "== armv7 unit tests under $QEMU: $PKGS${SKIP:+ (skipping $SKIP)}"
 unit_rc=0
 # shellcheck disable=SC2086
-GOARCH=arm GOARM=7 CGO_ENABLED=0 go test -count=1 -timeout 20m -exec "$QEMU" ${SKIP:+-skip "$SKIP"} $PKGS || unit_rc=$?
+GOARCH=arm GOARM=7 CGO_ENABLED=0 go test -count=1 -timeout 10m -exec "$QEMU" ${SKIP:+-skip "$SKIP"} $PKGS || unit_rc=$?
 
 echo "== armv7 binary"
 bin=dist/onebox-linux-armv7
