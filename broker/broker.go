@@ -100,6 +100,7 @@ type Broker struct {
 	tlsLn       net.Listener
 	wsLn        net.Listener
 	auth        *authHook
+	store       *boltStore // nil without a DataDir
 	started     bool
 	closed      bool
 }
@@ -152,6 +153,7 @@ func New(o Options) (*Broker, error) {
 		}
 		hooks = append(hooks, hook{h, cfg})
 		guard.store, _ = h.(*boltStore)
+		b.store = guard.store
 	}
 	hooks = append(hooks, hook{guard, nil})
 	for _, h := range hooks {

@@ -149,11 +149,64 @@ func TestRetainedTriggers(t *testing.T) {
 	if got := retained("late-1"); !reflect.DeepEqual(got, []msg{{"trigger/echo", "kept", true}}) {
 		t.Errorf("a new subscriber got retained %v, want only trigger/echo \"kept\"", got)
 	}
+	// A subscriber already there (the invoker) must not get the clearing
+	// publish: it would run the handler with an empty payload.
+	live, liveCh, _ := client(t, b, "live", true)
+	subscribe(t, live, "trigger/#", 1)
 	if _, code := mosq(t, b, "mosquitto_pub", "-q", "1", "-r", "-n", "-t", "trigger/echo"); code != 0 {
 		t.Fatalf("clearing retained: exit %d", code)
 	}
 	if got := retained("late-2"); len(got) != 0 {
 		t.Errorf("after an empty retained publish a new subscriber still got %v", got)
+	}
+	for _, m := range until(t, liveCh, "trigger/zz-end", 200*time.Millisecond) {
+		if m.topic == "trigger/echo" && !m.retained {
+			t.Errorf("a live subscriber got the clearing publish %+v: it would run echo with no payload", m)
+		}
+	}
+	// An empty publish without the retain flag is an ordinary trigger.
+	_, _ = mosq(t, b, "mosquitto_pub", "-q", "1", "-n", "-t", "trigger/echo")
+	_, _ = mosq(t, b, "mosquitto_pub", "-q", "1", "-t", "trigger/zz-end", "-m", "end")
+	var empty int
+	for _, m := range until(t, liveCh, "trigger/zz-end", 200*time.Millisecond) {
+		if m.topic == "trigger/echo" && m.payload == "" && !m.retained {
+			empty++
+		}
+	}
+	if empty != 1 {
+		t.Errorf("an empty, not retained trigger reached a subscriber %d times, want 1", empty)
+	}
+}
+
+// Clearing a retained trigger also clears it from the data file.
+func TestRetainedClearPersists(t *testing.T) {
+	needMosquitto(t)
+	dir := t.TempDir()
+	b, _ := startBroker(t, Options{DataDir: dir}, slog.LevelInfo)
+	for _, args := range [][]string{
+		{"-q", "1", "-r", "-t", "trigger/echo", "-m", "kept"},
+		{"-q", "1", "-r", "-t", "trigger/hello", "-m", "stays"},
+		{"-q", "1", "-r", "-n", "-t", "trigger/echo"},
+	} {
+		if _, code := mosq(t, b, "mosquitto_pub", args...); code != 0 {
+			t.Fatalf("mosquitto_pub %v: exit %d", args, code)
+		}
+	}
+	if err := b.Close(); err != nil {
+		t.Fatal(err)
+	}
+	b2, _ := startBroker(t, Options{DataDir: dir}, slog.LevelInfo)
+	c, ch, _ := client(t, b2, "after-restart", true)
+	subscribe(t, c, "trigger/#", 1)
+	_, _ = mosq(t, b2, "mosquitto_pub", "-q", "1", "-t", "trigger/zz-end", "-m", "end")
+	var got []msg
+	for _, m := range until(t, ch, "trigger/zz-end", 200*time.Millisecond) {
+		if m.retained {
+			got = append(got, m)
+		}
+	}
+	if !reflect.DeepEqual(got, []msg{{"trigger/hello", "stays", true}}) {
+		t.Errorf("after a restart the retained triggers are %v, want only trigger/hello \"stays\"", got)
 	}
 }
 

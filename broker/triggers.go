@@ -2,6 +2,7 @@ package broker
 
 import (
 	"bytes"
+	"sync/atomic"
 
 	mqtt "github.com/mochi-mqtt/server/v2"
 	"github.com/mochi-mqtt/server/v2/packets"
@@ -47,6 +48,10 @@ func (h *triggerHook) OnPublish(cl *mqtt.Client, pk packets.Packet) (packets.Pac
 				"topic", clip(pk.TopicName), "client", cl.ID, "packet_id", pk.PacketID)
 			return pk, packets.CodeSuccessIgnore
 		}
+		if pk.FixedHeader.Retain && len(pk.Payload) == 0 {
+			h.clearRetained(cl, pk)
+			return pk, packets.CodeSuccessIgnore
+		}
 		return pk, nil
 	}
 	refuse := cl.Properties.ProtocolVersion == 5 && pk.FixedHeader.Qos == 1
@@ -55,6 +60,24 @@ func (h *triggerHook) OnPublish(cl *mqtt.Client, pk packets.Packet) (packets.Pac
 		return pk, packets.ErrTopicNameInvalid
 	}
 	return pk, packets.CodeSuccessIgnore
+}
+
+// clearRetained handles an empty retained publish on a trigger topic: MQTT's way
+// to delete the retained trigger. It deletes it (from memory and the data file)
+// and delivers nothing, so clearing a retained trigger never runs the handler
+// with an empty payload. (An empty publish without the retain flag is an
+// ordinary trigger and runs.)
+func (h *triggerHook) clearRetained(cl *mqtt.Client, pk packets.Packet) {
+	if h.b.srv.Options.Capabilities.RetainAvailable == 0 {
+		return
+	}
+	r := h.b.srv.Topics.RetainMessage(pk.Copy(false))
+	if h.b.store != nil {
+		h.b.store.OnRetainMessage(cl, pk, r)
+	}
+	atomic.StoreInt64(&h.b.srv.Info.Retained, int64(h.b.srv.Topics.Retained.Len()))
+	h.b.log.Info("retained trigger cleared (an empty retained publish): nothing runs",
+		"topic", clip(pk.TopicName), "client", cl.ID, "existed", r == -1)
 }
 
 // OnConnect refuses a will message on an invalid trigger topic: mochi publishes

@@ -239,7 +239,13 @@ func (iv *Invoker) Handle(t Trigger) error {
 		iv.mu.Lock()
 		iv.stats.Duplicates++
 		iv.mu.Unlock()
-		iv.log.Debug("duplicate trigger dropped (a redelivery of a run already taken)", "id", t.ID, "topic", t.Topic, "dup", t.Duplicate, "ended", done)
+		if t.Duplicate || t.ID == "" {
+			iv.log.Debug("duplicate trigger dropped (a redelivery of a run already taken)", "id", t.ID, "topic", t.Topic, "dup", t.Duplicate, "ended", done)
+		} else {
+			// Not the broker's redelivery: someone published the id again.
+			iv.log.Info("trigger not run: its id was already used within the dedupe window (a repeat of the same event; use a new id for a new run)",
+				"id", t.ID, "topic", t.Topic, "ended", done)
+		}
 		if done {
 			ack()
 		} // else the first delivery's run acknowledges the packet when it ends

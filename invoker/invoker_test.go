@@ -1,6 +1,7 @@
 package invoker
 
 import (
+	"bytes"
 	"context"
 	"fmt"
 	"io"
@@ -466,4 +467,50 @@ func TestDedupeWindowBounded(t *testing.T) {
 	if ok, _ := d.add("d"); !ok {
 		t.Fatalf("id older than the window still blocks a run")
 	}
+}
+
+// An id published again (not the broker's DUP redelivery) is not run twice, and
+// the invoker says why at info level; a DUP redelivery stays quiet (debug).
+func TestReusedIDIsLoggedNotRun(t *testing.T) {
+	rt := &fakeRuntime{}
+	var logs bytes.Buffer
+	var mu sync.Mutex
+	pub := &fakePub{}
+	iv := New(Options{Name: "t1", Runtime: rt, Concurrency: 2, Logger: slog.New(slog.NewTextHandler(lockedWriter{&mu, &logs}, nil))}, pub)
+	iv.SetHandlers(handlers("echo", &config.Handler{Image: "e"}))
+	t.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		iv.Shutdown(ctx)
+	})
+	iv.Handle(Trigger{Topic: "trigger/echo/my1", Handler: "echo", ID: "my1"})
+	waitFor(t, "first run", func() bool { return len(pub.finals()) == 1 })
+	iv.Handle(Trigger{Topic: "trigger/echo/my1", Handler: "echo", ID: "my1", Duplicate: true})
+	mu.Lock()
+	quiet := !strings.Contains(logs.String(), "already used")
+	mu.Unlock()
+	if !quiet {
+		t.Errorf("a DUP redelivery was logged at info level: %s", logs.String())
+	}
+	iv.Handle(Trigger{Topic: "trigger/echo/my1", Handler: "echo", ID: "my1"})
+	time.Sleep(20 * time.Millisecond)
+	if n := len(rt.images()); n != 1 {
+		t.Fatalf("runs = %d, want 1", n)
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	if l := logs.String(); !strings.Contains(l, "already used") || !strings.Contains(l, "id=my1") {
+		t.Fatalf("the reused id was not logged: %s", l)
+	}
+}
+
+type lockedWriter struct {
+	mu *sync.Mutex
+	w  io.Writer
+}
+
+func (l lockedWriter) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.w.Write(p)
 }

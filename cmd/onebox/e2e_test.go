@@ -442,8 +442,9 @@ func TestE2EExactBytesStdinStderrExit(t *testing.T) {
 		t.Fatalf("wc -c of nothing: %q", out)
 	}
 	// stderr stays out of stdout and its tail is in the record.
-	if out, _, _ := b.invoke(t, nil, "split"); string(out) != "out\n" {
-		t.Fatalf("stdout %q", out)
+	// invoke prints the handler's stderr on its own stderr, as docker run does.
+	if out, errs, _ := b.invoke(t, nil, "split"); string(out) != "out\n" || errs != "err\n" {
+		t.Fatalf("invoke split: stdout %q stderr %q, want \"out\\n\" and \"err\\n\"", out, errs)
 	}
 	if r := b.invokeJSON(t, "split"); r.Stderr != "err\n" || r.StdoutBytes != 4 {
 		t.Fatalf("record %+v", r)

@@ -82,6 +82,10 @@ It is a plain MQTT client: mosquitto_pub and mosquitto_sub can do the same.`,
 				fmt.Fprintln(cmd.OutOrStdout())
 			} else {
 				cmd.OutOrStdout().Write(out)
+				// As docker run does: the handler's stderr (the record keeps its tail).
+				if rec.Stderr != "" {
+					cmd.ErrOrStderr().Write([]byte(rec.Stderr))
+				}
 			}
 			switch {
 			case rec.State == record.Succeeded:
@@ -90,8 +94,12 @@ It is a plain MQTT client: mosquitto_pub and mosquitto_sub can do the same.`,
 				fmt.Fprintf(os.Stderr, "onebox: run %s timed out\n", rec.ID)
 				return exitCode(124)
 			case rec.ExitCode != nil && *rec.ExitCode != 0:
-				if rec.Reason == record.ReasonOOM {
+				switch rec.Reason {
+				case record.ReasonOOM:
 					fmt.Fprintf(os.Stderr, "onebox: run %s was killed: out of memory\n", rec.ID)
+				case record.ReasonExit, "":
+				default:
+					fmt.Fprintf(os.Stderr, "onebox: run %s %s (%s), exit code %d\n", rec.ID, rec.State, rec.Reason, *rec.ExitCode)
 				}
 				return exitCode(*rec.ExitCode)
 			default:
@@ -149,7 +157,7 @@ func invokeOnce(ctx context.Context, url, handler, id string, payload []byte, ti
 		a := wait.Answer()
 		return a.Record, a.Result, nil
 	case <-timer.C:
-		return record.Record{}, nil, fmt.Errorf("no answer for run %s within %s: is an invoker running? (`onebox up` or `onebox invoker`; watch with mosquitto_sub -v -t 'status/#')", id, timeout)
+		return record.Record{}, nil, fmt.Errorf("no answer for run %s within %s: is an invoker running? (`onebox up` or `onebox invoker`; watch with mosquitto_sub -v -t 'status/#'). An id already used in the last 10 minutes (invoker.dedupe_age) is not run again: use a new --id", id, timeout)
 	case <-ctx.Done():
 		return record.Record{}, nil, ctx.Err()
 	}

@@ -169,12 +169,11 @@ func configName(o *config.Options) string {
 
 // reloadable applies a changed config file to a running invoker, and says what
 // needs a restart instead.
-func reloadable(old *config.Options, apply func(*config.Options)) func(*config.Options) {
-	return func(n *config.Options) {
+func reloadable(old *config.Options, apply func(*config.Options)) func(*config.Options) error {
+	return func(n *config.Options) error {
 		log := logger()
 		if err := cronbridge.Check(n.Cron); err != nil {
-			log.Error("config not reloaded: the running config stays", "file", n.Path, "err", err)
-			return
+			return err
 		}
 		if !reflect.DeepEqual(old.Cron, n.Cron) {
 			log.Warn("cron entries changed: they apply at the next start (handlers apply now)", "file", n.Path)
@@ -185,6 +184,7 @@ func reloadable(old *config.Options, apply func(*config.Options)) func(*config.O
 			}
 		}
 		apply(n)
+		return nil
 	}
 }
 

@@ -8,6 +8,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 )
@@ -121,7 +122,7 @@ func TestWatchReloadsAndKeepsGoodConfigOnError(t *testing.T) {
 	defer cancel()
 	got := make(chan string, 4)
 	log := slog.New(slog.NewTextHandler(io.Discard, nil))
-	if err := Watch(ctx, p, log, func(o *Options) { got <- o.Handlers["hello"].Image }); err != nil {
+	if err := Watch(ctx, p, log, func(o *Options) error { got <- o.Handlers["hello"].Image; return nil }); err != nil {
 		t.Fatal(err)
 	}
 	os.WriteFile(p, []byte("handlers:\n  hello:\n    imag: broken\n"), 0o644)
@@ -144,6 +145,54 @@ func TestWatchReloadsAndKeepsGoodConfigOnError(t *testing.T) {
 	}
 }
 
+// A file that parses but that the caller refuses (a cron typo, say) is logged as
+// not reloaded, never as reloaded.
+func TestWatchApplyRefusedIsNotReloaded(t *testing.T) {
+	dir := t.TempDir()
+	p := filepath.Join(dir, "onebox.yaml")
+	os.WriteFile(p, []byte("handlers:\n  hello:\n    image: onebox/hello:latest\n"), 0o644)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	var logs syncBuf
+	log := slog.New(slog.NewTextHandler(&logs, nil))
+	called := make(chan struct{}, 4)
+	refuse := func(o *Options) error { called <- struct{}{}; return errors.New("cron entry 0: bad schedule") }
+	if err := Watch(ctx, p, log, refuse); err != nil {
+		t.Fatal(err)
+	}
+	os.WriteFile(p, []byte("handlers:\n  hello:\n    image: onebox/goodbye:latest\n"), 0o644)
+	select {
+	case <-called:
+	case <-time.After(3 * time.Second):
+		t.Fatal("apply was not called after the file changed")
+	}
+	time.Sleep(50 * time.Millisecond)
+	l := logs.String()
+	if !strings.Contains(l, "config not reloaded") || !strings.Contains(l, "bad schedule") {
+		t.Fatalf("log does not say the config was refused: %s", l)
+	}
+	if strings.Contains(l, `msg="config reloaded"`) {
+		t.Fatalf("log says reloaded for a refused config: %s", l)
+	}
+}
+
+type syncBuf struct {
+	mu sync.Mutex
+	b  strings.Builder
+}
+
+func (s *syncBuf) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuf) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
+}
+
 func FuzzParse(f *testing.F) {
 	f.Add([]byte("handlers:\n  hello:\n    image: x\n"))
 	f.Add([]byte("cron:\n  - schedule: '@every 1s'\n    handler: a\n"))
@@ -156,6 +205,27 @@ func FuzzParse(f *testing.F) {
 			t.Fatalf("Parse accepted what Validate refuses: %v", err)
 		}
 	})
+}
+
+// Every onebox.yaml the README asks a reader to paste parses.
+func TestReadmeConfigsParse(t *testing.T) {
+	b, err := os.ReadFile("../../README.md")
+	if err != nil {
+		t.Fatal(err)
+	}
+	blocks := strings.Split(string(b), "<<'YAML'\n")[1:]
+	if len(blocks) == 0 {
+		t.Fatal("the README has no onebox.yaml heredoc")
+	}
+	for i, blk := range blocks {
+		y, _, ok := strings.Cut(blk, "\nYAML\n")
+		if !ok {
+			t.Fatalf("README yaml block %d has no closing YAML line", i)
+		}
+		if _, err := Parse([]byte(y)); err != nil {
+			t.Errorf("README yaml block %d: %v\n%s", i, err, y)
+		}
+	}
 }
 
 func TestExampleConfigParses(t *testing.T) {

@@ -12,10 +12,10 @@ import (
 )
 
 // Watch calls apply with the new Options each time the file at path changes and
-// still parses. A file that no longer parses is logged with its error and the
-// running config stays. The folder is watched, not the file, so that editors that
+// still parses. A file that no longer parses, or that apply refuses (returns an
+// error), is logged with its error and the running config stays. The folder is watched, not the file, so that editors that
 // save by renaming a new file into place are seen too.
-func Watch(ctx context.Context, path string, log *slog.Logger, apply func(*Options)) error {
+func Watch(ctx context.Context, path string, log *slog.Logger, apply func(*Options) error) error {
 	w, err := fsnotify.NewWatcher()
 	if err != nil {
 		return err
@@ -62,8 +62,11 @@ func Watch(ctx context.Context, path string, log *slog.Logger, apply func(*Optio
 					log.Error("config not reloaded: the running config stays", "file", path, "err", err)
 					continue
 				}
+				if err := apply(o); err != nil {
+					log.Error("config not reloaded: the running config stays", "file", path, "err", err)
+					continue
+				}
 				log.Info("config reloaded", "file", path, "handlers", len(o.Handlers))
-				apply(o)
 			case err, ok := <-w.Errors:
 				if !ok {
 					return
