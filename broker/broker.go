@@ -152,8 +152,7 @@ func New(o Options) (*Broker, error) {
 			return nil, err
 		}
 		hooks = append(hooks, hook{h, cfg})
-		guard.store, _ = h.(*boltStore)
-		b.store = guard.store
+		b.store, _ = h.(*boltStore)
 	}
 	hooks = append(hooks, hook{guard, nil})
 	for _, h := range hooks {

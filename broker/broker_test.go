@@ -133,20 +133,7 @@ func TestRetainedTriggers(t *testing.T) {
 		t.Errorf("InvalidTriggers = %d, want 2", n)
 	}
 
-	retained := func(name string) []msg {
-		c, ch, _ := client(t, b, name, true)
-		subscribe(t, c, "trigger/#", 1)
-		_, _ = mosq(t, b, "mosquitto_pub", "-q", "1", "-t", "trigger/zz-end", "-m", "end")
-		var r []msg
-		for _, m := range until(t, ch, "trigger/zz-end", 200*time.Millisecond) {
-			if m.retained {
-				r = append(r, m)
-			}
-		}
-		c.Disconnect(100)
-		return r
-	}
-	if got := retained("late-1"); !reflect.DeepEqual(got, []msg{{"trigger/echo", "kept", true}}) {
+	if got := retainedTriggers(t, b, "late-1"); !reflect.DeepEqual(got, []msg{{"trigger/echo", "kept", true}}) {
 		t.Errorf("a new subscriber got retained %v, want only trigger/echo \"kept\"", got)
 	}
 	// A subscriber already there (the invoker) must not get the clearing
@@ -156,7 +143,7 @@ func TestRetainedTriggers(t *testing.T) {
 	if _, code := mosq(t, b, "mosquitto_pub", "-q", "1", "-r", "-n", "-t", "trigger/echo"); code != 0 {
 		t.Fatalf("clearing retained: exit %d", code)
 	}
-	if got := retained("late-2"); len(got) != 0 {
+	if got := retainedTriggers(t, b, "late-2"); len(got) != 0 {
 		t.Errorf("after an empty retained publish a new subscriber still got %v", got)
 	}
 	for _, m := range until(t, liveCh, "trigger/zz-end", 200*time.Millisecond) {
@@ -178,6 +165,22 @@ func TestRetainedTriggers(t *testing.T) {
 	}
 }
 
+// retainedTriggers is what a new subscriber to trigger/# gets retained.
+func retainedTriggers(t *testing.T, b *Broker, name string) []msg {
+	t.Helper()
+	c, ch, _ := client(t, b, name, true)
+	defer c.Disconnect(100)
+	subscribe(t, c, "trigger/#", 1)
+	_, _ = mosq(t, b, "mosquitto_pub", "-q", "1", "-t", "trigger/zz-end", "-m", "end")
+	var r []msg
+	for _, m := range until(t, ch, "trigger/zz-end", 200*time.Millisecond) {
+		if m.retained {
+			r = append(r, m)
+		}
+	}
+	return r
+}
+
 // Clearing a retained trigger also clears it from the data file.
 func TestRetainedClearPersists(t *testing.T) {
 	needMosquitto(t)
@@ -196,16 +199,7 @@ func TestRetainedClearPersists(t *testing.T) {
 		t.Fatal(err)
 	}
 	b2, _ := startBroker(t, Options{DataDir: dir}, slog.LevelInfo)
-	c, ch, _ := client(t, b2, "after-restart", true)
-	subscribe(t, c, "trigger/#", 1)
-	_, _ = mosq(t, b2, "mosquitto_pub", "-q", "1", "-t", "trigger/zz-end", "-m", "end")
-	var got []msg
-	for _, m := range until(t, ch, "trigger/zz-end", 200*time.Millisecond) {
-		if m.retained {
-			got = append(got, m)
-		}
-	}
-	if !reflect.DeepEqual(got, []msg{{"trigger/hello", "stays", true}}) {
+	if got := retainedTriggers(t, b2, "after-restart"); !reflect.DeepEqual(got, []msg{{"trigger/hello", "stays", true}}) {
 		t.Errorf("after a restart the retained triggers are %v, want only trigger/hello \"stays\"", got)
 	}
 }

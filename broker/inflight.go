@@ -30,8 +30,7 @@ import (
 // they are (no onebox part uses QoS 2).
 type inflightGuard struct {
 	mqtt.HookBase
-	b     *Broker
-	store *boltStore // nil without persistence
+	b *Broker
 
 	// saved holds, per client, the message put aside while one of its publishes
 	// is processed (a client's packets are read and processed one at a time).
@@ -71,7 +70,7 @@ func (h *inflightGuard) OnPacketProcessed(cl *mqtt.Client, pk packets.Packet, _ 
 	if cl.State.Inflight.Set(out) {
 		atomic.AddInt64(&h.b.srv.Info.Inflight, 1)
 	}
-	if h.store != nil {
-		h.store.OnQosPublish(cl, out, out.Created, 0)
+	if h.b.store != nil {
+		h.b.store.OnQosPublish(cl, out, out.Created, 0)
 	}
 }

@@ -324,7 +324,7 @@ func assemble(ctx context.Context, names []string, o Options) ([]*imageSpec, err
 			return nil, err
 		}
 		log.Debug("handler image", "ref", im.ref, "id", im.id, "platform", p.String(), "bytes", im.size())
-		o.progress("built %s (%s) %s", im.ref, p, humanBytes(im.size()))
+		o.progress("built %s (%s) %s", im.ref, p, HumanBytes(im.size()))
 		imgs = append(imgs, im)
 	}
 	return imgs, nil

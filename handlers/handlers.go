@@ -244,7 +244,7 @@ func Build(ctx context.Context, l Loader, names []string, o Options) ([]Built, e
 	out := make([]Built, 0, len(imgs))
 	for _, im := range imgs {
 		out = append(out, im.built())
-		o.progress("loaded %s (%s) %s", im.ref, im.platform, humanBytes(im.size()))
+		o.progress("loaded %s (%s) %s", im.ref, im.platform, HumanBytes(im.size()))
 	}
 	return out, nil
 }
@@ -298,13 +298,14 @@ func readLoadResponse(resp image.LoadResponse, log *slog.Logger) error {
 	}
 }
 
-// humanBytes formats n in decimal units, as docker images does.
-func humanBytes(n int64) string {
+// HumanBytes writes a size in decimal units, as `docker images` does (1,474,722
+// bytes is 1.47 MB), with enough digits to rank close entries.
+func HumanBytes(n int64) string {
 	switch {
 	case n >= 1e9:
-		return fmt.Sprintf("%.1f GB", float64(n)/1e9)
+		return fmt.Sprintf("%.2f GB", float64(n)/1e9)
 	case n >= 1e6:
-		return fmt.Sprintf("%.1f MB", float64(n)/1e6)
+		return fmt.Sprintf("%.2f MB", float64(n)/1e6)
 	case n >= 1e3:
 		return fmt.Sprintf("%.1f kB", float64(n)/1e3)
 	}

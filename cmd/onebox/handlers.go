@@ -38,7 +38,7 @@ func handlersCmd() *cobra.Command {
 				info, err := rt.Image(cmd.Context(), h.Image)
 				switch {
 				case err == nil:
-					r.bytes, r.size = info.Size, human(info.Size)
+					r.bytes, r.size = info.Size, handlers.HumanBytes(info.Size)
 				case errors.Is(err, container.ErrImageMissing):
 					r.size = "missing"
 				default:
@@ -67,20 +67,6 @@ func handlersCmd() *cobra.Command {
 	c.Flags().StringVar(&runtimeHost, "runtime", "", "container engine socket (default: DOCKER_HOST or the Docker socket)")
 	c.AddCommand(handlersBuildCmd())
 	return c
-}
-
-// human writes an image size in decimal units, as `docker images` does
-// (1,474,722 bytes is 1.47 MB), with enough digits to rank close entries.
-func human(n int64) string {
-	switch {
-	case n >= 1e9:
-		return fmt.Sprintf("%.2f GB", float64(n)/1e9)
-	case n >= 1e6:
-		return fmt.Sprintf("%.2f MB", float64(n)/1e6)
-	case n >= 1e3:
-		return fmt.Sprintf("%.1f kB", float64(n)/1e3)
-	}
-	return fmt.Sprintf("%d B", n)
 }
 
 func handlersBuildCmd() *cobra.Command {
@@ -158,7 +144,7 @@ The Go toolchain must be installed where this runs.`,
 			tw := tabwriter.NewWriter(cmd.OutOrStdout(), 0, 4, 2, ' ', 0)
 			fmt.Fprintln(tw, "IMAGE\tPLATFORM\tSIZE")
 			for _, b := range built {
-				fmt.Fprintf(tw, "%s\t%s\t%s\n", b.Ref, b.Platform, human(b.Size))
+				fmt.Fprintf(tw, "%s\t%s\t%s\n", b.Ref, b.Platform, handlers.HumanBytes(b.Size))
 			}
 			return tw.Flush()
 		},

@@ -157,7 +157,7 @@ func invokeOnce(ctx context.Context, url, handler, id string, payload []byte, ti
 		a := wait.Answer()
 		return a.Record, a.Result, nil
 	case <-timer.C:
-		return record.Record{}, nil, fmt.Errorf("no answer for run %s within %s: is an invoker running? (`onebox up` or `onebox invoker`; watch with mosquitto_sub -v -t 'status/#'). An id already used in the last 10 minutes (invoker.dedupe_age) is not run again: use a new --id", id, timeout)
+		return record.Record{}, nil, fmt.Errorf("no answer for run %s within %s: is an invoker running? (`onebox up` or `onebox invoker`; watch with mosquitto_sub -v -t 'status/#'). An id already used within invoker.dedupe_age (10m by default) is not run again: use a new --id", id, timeout)
 	case <-ctx.Done():
 		return record.Record{}, nil, ctx.Err()
 	}

@@ -8,9 +8,10 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
-	"sync"
 	"testing"
 	"time"
+
+	"github.com/onebox-dev/onebox/internal/mqtttest"
 )
 
 func TestEmptyFileIsTheDefault(t *testing.T) {
@@ -153,7 +154,7 @@ func TestWatchApplyRefusedIsNotReloaded(t *testing.T) {
 	os.WriteFile(p, []byte("handlers:\n  hello:\n    image: onebox/hello:latest\n"), 0o644)
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
-	var logs syncBuf
+	var logs mqtttest.LogBuf
 	log := slog.New(slog.NewTextHandler(&logs, nil))
 	called := make(chan struct{}, 4)
 	refuse := func(o *Options) error { called <- struct{}{}; return errors.New("cron entry 0: bad schedule") }
@@ -174,23 +175,6 @@ func TestWatchApplyRefusedIsNotReloaded(t *testing.T) {
 	if strings.Contains(l, `msg="config reloaded"`) {
 		t.Fatalf("log says reloaded for a refused config: %s", l)
 	}
-}
-
-type syncBuf struct {
-	mu sync.Mutex
-	b  strings.Builder
-}
-
-func (s *syncBuf) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuf) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
 }
 
 func FuzzParse(f *testing.F) {

@@ -13,8 +13,9 @@ import (
 
 // Watch calls apply with the new Options each time the file at path changes and
 // still parses. A file that no longer parses, or that apply refuses (returns an
-// error), is logged with its error and the running config stays. The folder is watched, not the file, so that editors that
-// save by renaming a new file into place are seen too.
+// error), is logged with its error and the running config stays. The folder is
+// watched, not the file, so that editors that save by renaming a new file into
+// place are seen too.
 func Watch(ctx context.Context, path string, log *slog.Logger, apply func(*Options) error) error {
 	w, err := fsnotify.NewWatcher()
 	if err != nil {
@@ -58,11 +59,10 @@ func Watch(ctx context.Context, path string, log *slog.Logger, apply func(*Optio
 				}
 				last = now
 				o, err := Load(path)
-				if err != nil {
-					log.Error("config not reloaded: the running config stays", "file", path, "err", err)
-					continue
+				if err == nil {
+					err = apply(o)
 				}
-				if err := apply(o); err != nil {
+				if err != nil {
 					log.Error("config not reloaded: the running config stays", "file", path, "err", err)
 					continue
 				}

@@ -1,4 +1,4 @@
-package main
+package handlers
 
 import "testing"
 
@@ -11,8 +11,8 @@ func TestHumanSizes(t *testing.T) {
 		1900000:    "1.90 MB",
 		1234567890: "1.23 GB",
 	} {
-		if got := human(n); got != want {
-			t.Errorf("human(%d) = %q, want %q", n, got, want)
+		if got := HumanBytes(n); got != want {
+			t.Errorf("HumanBytes(%d) = %q, want %q", n, got, want)
 		}
 	}
 }
